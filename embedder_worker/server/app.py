@@ -1,0 +1,191 @@
+"""The Starlette application: OpenAI-compatible embeddings, rerank, health and metrics.
+
+The model backends are the worker's already-loaded ones; this module only speaks HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import PurePath
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .batcher import BatchLimits, EmbeddingBatcher, estimate_tokens
+from .metrics import CONTENT_TYPE_LATEST, ServerMetrics
+from .schemas import RequestError, parse_embedding_request, parse_rerank_request
+
+if TYPE_CHECKING:
+    from embedder_worker.model.backend import EmbeddingBackend, ModelInfo, RerankerBackend
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def error_response(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
+    """OpenAI's error shape; the C transport shows `error.message` in the SQL error."""
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+
+
+def _check_model(requested: str | None, info: ModelInfo) -> None:
+    """A request naming another model must fail: its vectors would not be comparable with the table's.
+    A hub id and a local folder of the same model match by their last path component."""
+    if requested is None or requested == info.name:
+        return
+    if PurePath(requested).name == PurePath(info.name).name:
+        return
+    raise RequestError(400, f"model '{requested}' is not served here (this worker serves '{info.name}')",
+                       kind="model_mismatch")
+
+
+def _vectors_payload(vectors: np.ndarray, encoding: str) -> list[Any]:
+    if encoding == "base64":
+        return [base64.b64encode(np.ascontiguousarray(v, dtype="<f4").tobytes()).decode() for v in vectors]
+    return vectors.astype(np.float64).tolist()
+
+
+class ServerApp:
+    """Routes bound to one embedder (and optionally one reranker)."""
+
+    def __init__(
+        self,
+        embedder: EmbeddingBackend,
+        reranker: RerankerBackend | None = None,
+        *,
+        token: str | None = None,
+        limits: BatchLimits | None = None,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
+        self.embedder = embedder
+        self.reranker = reranker
+        self.metrics = metrics or ServerMetrics()
+        self.batcher = EmbeddingBatcher(embedder, limits or BatchLimits(), self.metrics)
+        self._expected_auth = f"Bearer {token}".encode() if token else None
+        self.app = Starlette(
+            routes=[
+                Route("/v1/embeddings", self._measured("/v1/embeddings", self.embeddings), methods=["POST"]),
+                Route("/v1/rerank", self._measured("/v1/rerank", self.rerank), methods=["POST"]),
+                Route("/health", self._measured("/health", self.health, public=True), methods=["GET"]),
+                Route("/metrics", self._measured("/metrics", self.metrics_endpoint), methods=["GET"]),
+            ],
+            lifespan=self._lifespan,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.batcher.start()
+        try:
+            yield
+        finally:
+            await self.batcher.stop()
+
+    def _authorized(self, request: Request) -> bool:
+        if self._expected_auth is None:
+            return True
+        given = request.headers.get("authorization", "").encode()
+        return hmac.compare_digest(given, self._expected_auth)
+
+    def _measured(self, endpoint: str, handler: Handler, public: bool = False) -> Handler:
+        """Wrap a handler with the token check, error mapping and request metrics."""
+
+        async def wrapped(request: Request) -> Response:
+            started = time.perf_counter()
+            try:
+                if not public and not self._authorized(request):
+                    response: Response = error_response(401, "missing or wrong bearer token", "authentication_error")
+                else:
+                    response = await handler(request)
+            except RequestError as exc:
+                response = error_response(exc.status, exc.message, exc.kind)
+            except ValueError as exc:  # backends reject bad options (e.g. dimensions) with ValueError
+                response = error_response(400, str(exc))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                response = error_response(500, f"{exc.__class__.__name__} in the model backend", "server_error")
+            self.metrics.requests.labels(endpoint, str(response.status_code)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+            return response
+
+        return wrapped
+
+    async def _json_body(self, request: Request) -> Any:
+        try:
+            return json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RequestError(400, "the request body is not valid JSON") from None
+
+    async def embeddings(self, request: Request) -> Response:
+        req = parse_embedding_request(await self._json_body(request))
+        _check_model(req.model, self.embedder.info)
+        result = await self.batcher.embed(req.texts, req.instruction, req.dimensions)
+        vectors = result.vectors
+        if req.encoding == "binary":
+            rows, dims = vectors.shape
+            return Response(
+                np.ascontiguousarray(vectors, dtype="<f4").tobytes(),
+                media_type="application/octet-stream",
+                headers={"X-Qwen-Rows": str(rows), "X-Qwen-Dimensions": str(dims),
+                         "X-Qwen-Truncated": str(result.truncated)},
+            )
+        tokens = sum(estimate_tokens(t, self.embedder.info.max_length) for t in req.texts)
+        data = [{"object": "embedding", "index": i, "embedding": v}
+                for i, v in enumerate(_vectors_payload(vectors, req.encoding))]
+        return JSONResponse({
+            "object": "list", "data": data, "model": self.embedder.info.name,
+            # Token counts are the batcher's estimate; the backend does not report exact ones.
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }, headers={"X-Qwen-Truncated": str(result.truncated)})
+
+    async def rerank(self, request: Request) -> Response:
+        if self.reranker is None:
+            raise RequestError(404, "this worker has no reranker (start it with --reranker-model)", "not_found")
+        req = parse_rerank_request(await self._json_body(request))
+        _check_model(req.model, self.reranker.info)
+        results: list[dict[str, Any]] = []
+        truncated = 0
+        if req.documents:
+            self.metrics.queue_depth.labels("reranker").inc()
+            started = time.perf_counter()
+            try:
+                scored = await asyncio.to_thread(
+                    self.reranker.rerank, req.query, req.documents, instruction=req.instruction)
+            finally:
+                self.metrics.queue_depth.labels("reranker").dec()
+            self.metrics.forward_latency.labels("reranker").observe(time.perf_counter() - started)
+            self.metrics.batch_inputs.labels("reranker").observe(len(req.documents))
+            self.metrics.batch_requests.labels("reranker").observe(1)
+            self.metrics.inputs.labels("reranker").inc(len(req.documents))
+            self.metrics.truncations.labels("reranker").inc(scored.truncated)
+            truncated = scored.truncated
+            scores = np.asarray(scored.scores, dtype=np.float64)
+            # Best first; equal scores keep input order so the ranking is deterministic.
+            order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+            if req.top_n is not None:
+                order = order[: req.top_n]
+            results = [{"index": i, "relevance_score": float(scores[i])} for i in order]
+        return JSONResponse({"model": self.reranker.info.name, "results": results,
+                             "usage": {"truncated": truncated}})
+
+    async def health(self, request: Request) -> Response:
+        def describe(info: ModelInfo) -> dict[str, Any]:
+            return {"name": info.name, "kind": info.kind, "backend": info.backend,
+                    "dimension": info.dimension, "max_length": info.max_length}
+
+        return JSONResponse({
+            "status": "ok",
+            "embedder": describe(self.embedder.info),
+            "reranker": describe(self.reranker.info) if self.reranker else None,
+        })
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)

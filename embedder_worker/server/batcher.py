@@ -1,0 +1,170 @@
+"""Micro-batching: concurrent embedding requests share one forward pass.
+
+Why: SQL sessions each ask for one query vector at a time; a forward pass over 64 texts costs far
+less than 64 passes over one. The batcher keeps a FIFO of waiting requests and one runner task:
+while a forward pass runs, new requests pile up, and the next pass takes as many of them as fit
+the bounds (inputs and estimated tokens). An idle server therefore answers a lone request at once
+(no added latency), and a loaded one batches by itself. `max_wait_ms` adds an optional pause
+before each pass to gather more requests when throughput matters more than latency.
+
+Requests with different instructions are merged too: the query form is applied here
+(`format_query`) and the backend is called in document form (no instruction), which is the same
+text the backend would build. Only requests asking for the same `dimensions` share a pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ._model import format_query
+from .metrics import ServerMetrics
+
+if TYPE_CHECKING:
+    from embedder_worker.model.backend import EmbeddingBackend
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """Bounds of one merged forward pass; a single request larger than these still runs (alone)."""
+
+    max_inputs: int = 256
+    max_tokens: int = 32768
+    max_wait_ms: float = 0.0
+    enabled: bool = True  # False: one request per forward pass (the baseline the benchmark compares to)
+
+
+@dataclass
+class BatchedEmbedding:
+    """A request's share of a forward pass."""
+
+    vectors: np.ndarray
+    truncated: int  # truncations in the forward pass that carried this request
+    batch_requests: int
+
+
+@dataclass
+class _Pending:
+    texts: list[str]
+    dimensions: int | None
+    tokens: int
+    future: asyncio.Future[BatchedEmbedding] = field(repr=False)
+
+
+def estimate_tokens(text: str, max_length: int) -> int:
+    """A cheap upper-end guess of a text's token count (≈ 3 UTF-8 bytes per token), capped at the
+    model's max_length. Used only to bound the size of a merged batch."""
+    return min(len(text.encode("utf-8")) // 3 + 2, max_length)
+
+
+class EmbeddingBatcher:
+    """Merges concurrent `embed` calls into forward passes of the shared embedder."""
+
+    kind = "embedding"
+
+    def __init__(self, embedder: EmbeddingBackend, limits: BatchLimits, metrics: ServerMetrics) -> None:
+        self._embedder = embedder
+        self._limits = limits
+        self._metrics = metrics
+        self._queue: deque[_Pending] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._runner: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the runner on the current event loop (the server's lifespan calls this)."""
+        self._wakeup = asyncio.Event()
+        self._runner = asyncio.get_running_loop().create_task(self._run(), name="qwen-embedding-batcher")
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        for pending in self._queue:
+            if not pending.future.done():
+                pending.future.set_exception(RuntimeError("the request server is shutting down"))
+        self._queue.clear()
+
+    async def embed(self, texts: Sequence[str], instruction: str | None, dimensions: int | None) -> BatchedEmbedding:
+        if self._wakeup is None:
+            raise RuntimeError("EmbeddingBatcher.start() was not called")
+        prompts = [format_query(instruction, t) for t in texts] if instruction else list(texts)
+        max_length = self._embedder.info.max_length
+        pending = _Pending(
+            texts=prompts,
+            dimensions=dimensions,
+            tokens=sum(estimate_tokens(t, max_length) for t in prompts),
+            future=asyncio.get_running_loop().create_future(),
+        )
+        self._queue.append(pending)
+        self._metrics.queue_depth.labels(self.kind).set(len(self._queue))
+        self._wakeup.set()
+        return await pending.future
+
+    def _take_batch(self) -> list[_Pending]:
+        """The head of the queue plus every later request with the same dimensions that fits."""
+        head = self._queue.popleft()
+        batch = [head]
+        if not self._limits.enabled:
+            return batch
+        inputs, tokens = len(head.texts), head.tokens
+        kept: deque[_Pending] = deque()
+        while self._queue:
+            candidate = self._queue.popleft()
+            fits = (
+                candidate.dimensions == head.dimensions
+                and inputs + len(candidate.texts) <= self._limits.max_inputs
+                and tokens + candidate.tokens <= self._limits.max_tokens
+            )
+            if fits:
+                batch.append(candidate)
+                inputs += len(candidate.texts)
+                tokens += candidate.tokens
+            else:
+                kept.append(candidate)
+        self._queue = kept
+        return batch
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            await self._wakeup.wait()
+            if self._limits.max_wait_ms > 0 and self._limits.enabled:
+                await asyncio.sleep(self._limits.max_wait_ms / 1000)
+            batch = self._take_batch()
+            if not self._queue:
+                self._wakeup.clear()
+            self._metrics.queue_depth.labels(self.kind).set(len(self._queue))
+            # Requests whose caller went away (cancelled SQL query) are not worth a forward pass.
+            batch = [p for p in batch if not p.future.done()]
+            if batch:
+                await self._forward(batch)
+
+    async def _forward(self, batch: list[_Pending]) -> None:
+        texts = [t for p in batch for t in p.texts]
+        started = time.perf_counter()
+        try:
+            result = await asyncio.to_thread(self._embedder.embed, texts, dimensions=batch[0].dimensions)
+        except Exception as exc:  # the error belongs to every request of the pass
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+            return
+        self._metrics.forward_latency.labels(self.kind).observe(time.perf_counter() - started)
+        self._metrics.batch_inputs.labels(self.kind).observe(len(texts))
+        self._metrics.batch_requests.labels(self.kind).observe(len(batch))
+        self._metrics.inputs.labels(self.kind).inc(len(texts))
+        self._metrics.truncations.labels(self.kind).inc(result.truncated)
+        offset = 0
+        for p in batch:
+            rows = result.vectors[offset: offset + len(p.texts)]
+            offset += len(p.texts)
+            if not p.future.done():
+                p.future.set_result(BatchedEmbedding(rows, result.truncated, len(batch)))

@@ -1,0 +1,113 @@
+"""Where the server listens: a unix socket that only the worker and the database server can use,
+or a TCP port that requires a bearer token.
+
+Who may connect to the unix socket: connecting needs write permission on the socket file, so the
+socket is made mode 0660 with a group the database server's OS user belongs to. That group is
+`socket_group` when given, else — when the worker runs as root and the embedded PostgreSQL's OS
+user `embedded_postgres` exists — that user's primary group, else the worker's own group. A parent
+directory that does not exist yet is created mode 0750 with the same group, so nobody else can
+even reach the socket. An existing parent directory is left as it is (it must be searchable by
+the database server's user).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+EMBEDDED_POSTGRES_USER = "embedded_postgres"
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    scheme: str  # "unix" | "http"
+    path: Path | None = None
+    host: str | None = None
+    port: int | None = None
+
+
+def parse_listen(listen: str) -> ListenAddress:
+    """`unix:///abs/path.sock` or `http://host:port` (port 0 picks a free port)."""
+    parts = urlsplit(listen)
+    if parts.scheme == "unix":
+        raw = listen[len("unix://"):]
+        if not raw.startswith("/"):
+            raise ValueError(f"listen URL {listen!r}: the socket path must be absolute (unix:///path/to.sock)")
+        return ListenAddress("unix", path=Path(raw))
+    if parts.scheme == "http":
+        if not parts.hostname or parts.port is None:
+            raise ValueError(f"listen URL {listen!r}: expected http://host:port")
+        return ListenAddress("http", host=parts.hostname, port=parts.port)
+    raise ValueError(f"listen URL {listen!r}: expected unix:///path/to.sock or http://host:port")
+
+
+def socket_group_id(group: str | int | None) -> int | None:
+    """The group the socket is given (see the module docstring); None keeps the process' group."""
+    if isinstance(group, int):
+        return group
+    if group:
+        return grp.getgrnam(group).gr_gid
+    if os.geteuid() == 0:
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(EMBEDDED_POSTGRES_USER).pw_gid
+    return None
+
+
+def bind_unix(path: Path, group: str | int | None = None) -> socket.socket:
+    gid = socket_group_id(group)
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o750, parents=True)
+        os.chmod(path.parent, 0o750)  # mkdir's mode is filtered by the umask
+        if gid is not None:
+            os.chown(path.parent, -1, gid)
+    _remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        # Until this chmod the umask applies (0755 at most, not connectable by others: no write bit).
+        os.chmod(path, 0o660)
+        if gid is not None:
+            os.chown(path, -1, gid)
+        sock.listen(1024)
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """A socket file left by a dead worker is removed; one a live server answers on is an error."""
+    if not path.exists():
+        return
+    if not path.is_socket():
+        raise ValueError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()
+    else:
+        raise ValueError(f"{path} is in use by a running server")
+    finally:
+        probe.close()
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock

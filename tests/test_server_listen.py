@@ -1,0 +1,73 @@
+"""Who can reach the request server: a unix socket for the worker's and the database server's OS
+users only, or TCP with a bearer token."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+
+import httpx
+import pytest
+
+from embedder_worker.server import start_server
+from tests.fixtures.worker import socket_dir
+
+
+def test_tcp_without_a_token_is_refused(fake_embedder):
+    with pytest.raises(ValueError, match="requires a bearer token"):
+        start_server("http://127.0.0.1:0", fake_embedder)
+
+
+def test_tcp_requires_the_bearer_token_except_for_health(fake_embedder):
+    with (start_server("http://127.0.0.1:0", fake_embedder, token="s3cret") as handle,
+          httpx.Client(base_url=handle.url) as c):
+        assert c.post("/v1/embeddings", json={"input": "q"}).status_code == 401
+        wrong = c.post("/v1/embeddings", json={"input": "q"}, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        assert "s3cret" not in wrong.text and "nope" not in wrong.text
+        assert c.get("/metrics").status_code == 401
+        ok = c.post("/v1/embeddings", json={"input": "q"}, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        assert c.get("/health").status_code == 200
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving the socket to the database server's group needs root")
+def test_unix_socket_is_0660_with_the_database_servers_group(fake_embedder):
+    db_gid = pwd.getpwnam("embedded_postgres").pw_gid
+    path = socket_dir() / "worker.sock"
+    with start_server(f"unix://{path}", fake_embedder):
+        st = os.stat(path)
+        assert stat.S_ISSOCK(st.st_mode)
+        assert stat.S_IMODE(st.st_mode) == 0o660
+        assert st.st_gid == db_gid
+        parent = os.stat(path.parent)
+        assert stat.S_IMODE(parent.st_mode) == 0o750
+        assert parent.st_gid == db_gid
+    assert not path.exists()  # stop() removes the socket
+
+
+def test_a_socket_left_by_a_dead_worker_is_replaced(fake_embedder):
+    path = socket_dir() / "worker.sock"
+    start_server(f"unix://{path}", fake_embedder).stop()
+    import socket
+
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()
+    with start_server(f"unix://{path}", fake_embedder) as handle:
+        transport = httpx.HTTPTransport(uds=str(path))
+        assert httpx.Client(transport=transport).get("http://w/health").status_code == 200
+        assert handle.url == f"unix://{path}"
+
+
+def test_a_socket_in_use_is_not_stolen(fake_embedder):
+    path = socket_dir() / "worker.sock"
+    with start_server(f"unix://{path}", fake_embedder), pytest.raises(ValueError, match="in use"):
+        start_server(f"unix://{path}", fake_embedder)
+
+
+@pytest.mark.parametrize("listen", ["unix://relative.sock", "tcp://127.0.0.1:1", "http://127.0.0.1"])
+def test_a_malformed_listen_url_is_rejected(fake_embedder, listen):
+    with pytest.raises(ValueError, match="listen URL"):
+        start_server(listen, fake_embedder, token="t")
