@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._model import format_query
+from embedder_worker.model.qwen3 import format_query
+
 from .metrics import ServerMetrics
 
 if TYPE_CHECKING:

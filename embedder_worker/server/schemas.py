@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ._model import TASK_PRESETS, resolve_task
+from embedder_worker.model.qwen3 import TASK_PRESETS, resolve_task
 
 MAX_REQUEST_INPUTS = 4096
 ENCODINGS = ("float", "base64", "binary")
