@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import stat
+import subprocess
 
 import httpx
 import pytest
@@ -32,18 +34,15 @@ def test_tcp_requires_the_bearer_token_except_for_health(fake_embedder):
         assert c.get("/health").status_code == 200
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="giving the socket to the database server's group needs root")
-def test_unix_socket_is_0660_with_the_database_servers_group(fake_embedder):
-    db_gid = pwd.getpwnam("embedded_postgres").pw_gid
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving the socket to the database server's user needs root")
+def test_unix_socket_is_0660_and_belongs_to_the_database_servers_user(fake_embedder):
+    server_user = pwd.getpwnam("embedded_postgres")
     path = socket_dir() / "worker.sock"
     with start_server(f"unix://{path}", fake_embedder):
-        st = os.stat(path)
-        assert stat.S_ISSOCK(st.st_mode)
-        assert stat.S_IMODE(st.st_mode) == 0o660
-        assert st.st_gid == db_gid
-        parent = os.stat(path.parent)
-        assert stat.S_IMODE(parent.st_mode) == 0o750
-        assert parent.st_gid == db_gid
+        for st, mode in ((os.stat(path), 0o660), (os.stat(path.parent), 0o750)):
+            assert stat.S_IMODE(st.st_mode) == mode
+            assert (st.st_uid, st.st_gid) == (server_user.pw_uid, server_user.pw_gid)
+        assert stat.S_ISSOCK(os.stat(path).st_mode)
     assert not path.exists()  # stop() removes the socket
 
 
@@ -71,3 +70,22 @@ def test_a_socket_in_use_is_not_stolen(fake_embedder):
 def test_a_malformed_listen_url_is_rejected(fake_embedder, listen):
     with pytest.raises(ValueError, match="listen URL"):
         start_server(listen, fake_embedder, token="t")
+
+
+# The venv's interpreter may sit in a directory other users cannot read; the system one is public.
+SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")
+
+
+def _connects_as(user: str, group: int, path) -> bool:
+    probe = f"import socket; socket.socket(socket.AF_UNIX).connect({str(path)!r})"
+    return subprocess.run([SYSTEM_PYTHON, "-c", probe], user=user, group=group, extra_groups=[], cwd="/",
+                          capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or SYSTEM_PYTHON is None, reason="switching OS users needs root")
+def test_only_the_database_servers_user_can_connect_to_the_socket(fake_embedder):
+    path = socket_dir() / "worker.sock"
+    with start_server(f"unix://{path}", fake_embedder):
+        # embedded-postgres runs the server as embedded_postgres with gid 0: it must get in
+        assert _connects_as("embedded_postgres", 0, path)
+        assert not _connects_as("nobody", pwd.getpwnam("nobody").pw_gid, path)

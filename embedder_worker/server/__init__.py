@@ -61,13 +61,14 @@ def start_server(
     token: str | None = None,
     *,
     limits: BatchLimits | None = None,
+    socket_user: str | None = None,
     socket_group: str | int | None = None,
     log_level: str = "warning",
     startup_timeout: float = 30.0,
 ) -> ServerHandle:
     """Start serving `embedder` (and `reranker`) on `listen` in a background thread.
 
-    `listen`: `unix:///abs/path.sock` (mode 0660, see `listen.py` for the group) or
+    `listen`: `unix:///abs/path.sock` (mode 0660, owned by `socket_user`/`socket_group`, see `listen.py`) or
     `http://host:port` (port 0 picks a free port; a token is required over TCP).
     `limits`: micro-batching bounds (`BatchLimits(enabled=False)` turns merging off).
     """
@@ -76,7 +77,7 @@ def start_server(
         raise ValueError("listening on TCP requires a bearer token (--token); use a unix socket to go without")
     if address.scheme == "unix":
         assert address.path is not None
-        sock: socket.socket = bind_unix(address.path, socket_group)
+        sock: socket.socket = bind_unix(address.path, socket_user, socket_group)
         url = f"unix://{address.path}"
     else:
         assert address.host is not None and address.port is not None

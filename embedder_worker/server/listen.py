@@ -2,12 +2,16 @@
 or a TCP port that requires a bearer token.
 
 Who may connect to the unix socket: connecting needs write permission on the socket file, so the
-socket is made mode 0660 with a group the database server's OS user belongs to. That group is
-`socket_group` when given, else — when the worker runs as root and the embedded PostgreSQL's OS
-user `embedded_postgres` exists — that user's primary group, else the worker's own group. A parent
-directory that does not exist yet is created mode 0750 with the same group, so nobody else can
-even reach the socket. An existing parent directory is left as it is (it must be searchable by
-the database server's user).
+socket is mode 0660 and belongs to the database server's OS user or group:
+- `socket_user` (root only): the socket, and a parent directory we create, are chowned to that user
+  (and its primary group). When the worker runs as root and the embedded PostgreSQL's OS user
+  `embedded_postgres` exists, that user is the default — embedded-postgres starts the server with
+  that uid but gid 0 and no supplementary groups, so ownership is the only way to admit it alone.
+- `socket_group`: the socket's group (the worker's user must be a member, e.g. `postgres` on a
+  distribution install where the server runs as postgres:postgres).
+A parent directory that does not exist yet is created mode 0750 with the same owner/group, so
+nobody else can even reach the socket. An existing parent directory is left as it is (it must be
+searchable by the database server's user).
 """
 
 from __future__ import annotations
@@ -47,33 +51,36 @@ def parse_listen(listen: str) -> ListenAddress:
     raise ValueError(f"listen URL {listen!r}: expected unix:///path/to.sock or http://host:port")
 
 
-def socket_group_id(group: str | int | None) -> int | None:
-    """The group the socket is given (see the module docstring); None keeps the process' group."""
-    if isinstance(group, int):
-        return group
-    if group:
-        return grp.getgrnam(group).gr_gid
-    if os.geteuid() == 0:
+def socket_owner(user: str | None = None, group: str | int | None = None) -> tuple[int, int]:
+    """(uid, gid) to chown the socket to; -1 keeps the worker's own (see the module docstring)."""
+    uid = gid = -1
+    if user is None and os.geteuid() == 0:
         with contextlib.suppress(KeyError):
-            return pwd.getpwnam(EMBEDDED_POSTGRES_USER).pw_gid
-    return None
+            pwd.getpwnam(EMBEDDED_POSTGRES_USER)
+            user = EMBEDDED_POSTGRES_USER
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        uid, gid = entry.pw_uid, entry.pw_gid
+    if isinstance(group, int):
+        gid = group
+    elif group:
+        gid = grp.getgrnam(group).gr_gid
+    return uid, gid
 
 
-def bind_unix(path: Path, group: str | int | None = None) -> socket.socket:
-    gid = socket_group_id(group)
+def bind_unix(path: Path, user: str | None = None, group: str | int | None = None) -> socket.socket:
+    uid, gid = socket_owner(user, group)
     if not path.parent.exists():
         path.parent.mkdir(mode=0o750, parents=True)
         os.chmod(path.parent, 0o750)  # mkdir's mode is filtered by the umask
-        if gid is not None:
-            os.chown(path.parent, -1, gid)
+        os.chown(path.parent, uid, gid)
     _remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(str(path))
         # Until this chmod the umask applies (0755 at most, not connectable by others: no write bit).
         os.chmod(path, 0o660)
-        if gid is not None:
-            os.chown(path, -1, gid)
+        os.chown(path, uid, gid)
         sock.listen(1024)
     except BaseException:
         sock.close()

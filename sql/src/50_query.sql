@@ -1,0 +1,49 @@
+-- In-query model calls: the worker's request server embeds and reranks for SQL.
+-- Transport: qwen._worker_request (C, libcurl) posts to qwen.worker_url. Vectors come back in
+-- the binary encoding (n x d little-endian float32, row-major; `encoding_format: "binary"`) and
+-- become pgvector values in C (qwen._vector_from_float32): no JSON number parsing on either side.
+-- Task presets and instruction texts are resolved by the worker (embedder_worker.model.qwen3),
+-- the one place that knows them; an unknown preset name comes back as an ERROR from the worker.
+
+-- POST a JSON body to the worker and parse its JSON reply.
+CREATE FUNCTION qwen._request_json(path text, body jsonb) RETURNS jsonb
+LANGUAGE sql VOLATILE PARALLEL RESTRICTED
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT convert_from(qwen._worker_request(path, convert_to(body::text, 'UTF8')), 'UTF8')::jsonb
+$$;
+
+-- The worker's embedding of one text (binary reply -> vector in C).
+CREATE FUNCTION qwen._embed(input text, task text, dimensions int, model text)
+RETURNS @extschema:vector@.vector
+LANGUAGE sql VOLATILE PARALLEL RESTRICTED
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT qwen._vector_from_float32(qwen._worker_request('/v1/embeddings', convert_to(
+        jsonb_build_object('input', input, 'task', task, 'dimensions', dimensions, 'model', model,
+                           'encoding_format', 'binary')::text, 'UTF8')))
+$$;
+
+-- qwen_embed: the query form (instruction + text) when a task is given, else the document form.
+-- STABLE (one value per statement for the same arguments), so in
+--   ORDER BY embedding <=> qwen_embed('q', 'memory') LIMIT k
+-- the planner evaluates it once and uses the HNSW index.
+CREATE FUNCTION @extschema@.qwen_embed(input text, task text DEFAULT NULL, dimensions int DEFAULT NULL,
+                                       model text DEFAULT NULL)
+RETURNS @extschema:vector@.vector
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF input IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF dimensions IS NOT NULL AND dimensions < 1 THEN
+        RAISE EXCEPTION 'dimensions must be positive, got %', dimensions
+            USING HINT = 'Qwen3 embeddings support Matryoshka dimensions from 32 up to the model''s full size; NULL means full.';
+    END IF;
+    RETURN qwen._embed(input, task, dimensions, model);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.qwen_embed(text, text, int, text) IS
+  'Embed text with the worker''s model: task (a preset such as ''memory'' or an instruction sentence) gives the query form, NULL the document form; dimensions truncates (Matryoshka)';
