@@ -51,6 +51,12 @@ class StandInHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the real worker (uvicorn)
     worker: StandInWorker
 
+    def setup(self) -> None:
+        # headers and body go out in two writes: without TCP_NODELAY (which asyncio, hence uvicorn,
+        # sets) each TCP reply would wait for a delayed ACK
+        self.disable_nagle_algorithm = self.request.family == socket.AF_INET
+        super().setup()
+
     def log_message(self, format, *args):  # noqa: A002 - quiet, and unix sockets have no client address
         pass
 
