@@ -1,0 +1,137 @@
+"""The qwen SQL schema from its one source (`sql/src/*.sql`), for the two ways it reaches a database.
+
+- As the extension: the extension Makefile concatenates the sources into `qwen--<version>.sql`.
+- Without the C module (managed clouds where only pgvector is allowed): `render_script(c_module=False)`
+  swaps `sql/src/10_module.sql` for `sql/nocext/10_module.sql` (same signatures, each raising a clear
+  "unavailable" error), fills in the schemas that CREATE EXTENSION would fill in, and drops the
+  statements that only an extension script may run. `qwen-pg db install-sql` and the Alembic
+  migrations in `migrations/` both use it, so there is no hand-kept copy of the schema.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from .extension_install import source_root
+
+#: statements only CREATE EXTENSION may run (they mark tables as user data for pg_dump)
+_EXTENSION_ONLY = re.compile(r"^SELECT pg_catalog\.pg_extension_config_dump\(.*\);\s*$", re.MULTILINE)
+
+
+class SQLInstallError(RuntimeError):
+    pass
+
+
+def sql_dir() -> Path:
+    return source_root() / "sql"
+
+
+def current_version() -> str:
+    control = (source_root() / "extension" / "qwen.control").read_text()
+    match = re.search(r"^default_version\s*=\s*'([^']+)'", control, re.MULTILINE)
+    if not match:
+        raise SQLInstallError("qwen.control has no default_version")
+    return match.group(1)
+
+
+def source_files(c_module: bool) -> list[Path]:
+    files = sorted((sql_dir() / "src").glob("*.sql"))
+    if c_module:
+        return files
+    replacements = {p.name: p for p in (sql_dir() / "nocext").glob("*.sql")}
+    return [replacements.get(p.name, p) for p in files]
+
+
+def render_script(*, schema: str = "public", vector_schema: str = "public", c_module: bool = False) -> str:
+    """The install script of the current version with the placeholders CREATE EXTENSION would fill."""
+    parts = []
+    for path in source_files(c_module):
+        text = path.read_text(encoding="utf-8")
+        if not c_module:
+            text = _EXTENSION_ONLY.sub("", text)
+        parts.append(f"-- ---- {path.name}\n{text}")
+    script = "\n".join(parts)
+    script = script.replace("@extschema:vector@", _quote_ident(vector_schema))
+    return script.replace("@extschema@", _quote_ident(schema))
+
+
+def _quote_ident(name: str) -> str:
+    """Quote like PostgreSQL's quote_identifier (only when needed), as CREATE EXTENSION does for
+    @extschema@: scripts may embed the substitution in string literals."""
+    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) and name not in _RESERVED:
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+# reserved key words that would need quoting as a schema name (a plain name never does)
+_RESERVED = frozenset({
+    "all", "analyse", "analyze", "and", "any", "array", "as", "asc", "asymmetric", "both", "case", "cast",
+    "check", "collate", "column", "constraint", "create", "current_catalog", "current_date", "current_role",
+    "current_time", "current_timestamp", "current_user", "default", "deferrable", "desc", "distinct", "do",
+    "else", "end", "except", "false", "fetch", "for", "foreign", "from", "grant", "group", "having", "in",
+    "initially", "intersect", "into", "lateral", "leading", "limit", "localtime", "localtimestamp", "not",
+    "null", "offset", "on", "only", "or", "order", "placing", "primary", "references", "returning", "select",
+    "session_user", "some", "symmetric", "system_user", "table", "then", "to", "trailing", "true", "union",
+    "unique", "user", "using", "variadic", "when", "where", "window", "with",
+})
+
+
+def installed_version(conn: psycopg.Connection) -> str | None:
+    """The qwen schema version in this database (extension or SQL-only), or None."""
+    row = conn.execute(
+        "SELECT p.oid::regprocedure::text FROM pg_catalog.pg_proc p "
+        "WHERE p.proname = 'qwen_version' AND p.pronargs = 0 LIMIT 1"
+    ).fetchone()
+    if row is None:
+        return None
+    return conn.execute(sql.SQL("SELECT {}").format(sql.SQL(row[0]))).fetchone()[0]
+
+
+def install_sql(conn: psycopg.Connection, *, schema: str = "public") -> str:
+    """Install the SQL-only qwen schema in one transaction; returns the version. Idempotent per version."""
+    version = current_version()
+    with conn.transaction():
+        ext = conn.execute("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'qwen'").fetchone()
+        if ext is not None:
+            raise SQLInstallError(
+                f"the qwen extension {ext[0]} is installed in this database; the SQL-only install is for "
+                "databases without it"
+            )
+        existing = installed_version(conn)
+        if existing == version:
+            return version
+        if existing is not None:
+            raise SQLInstallError(
+                f"qwen SQL {existing} is installed; upgrading a SQL-only install is done with the Alembic "
+                "migrations in migrations/"
+            )
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        vector_schema = conn.execute(
+            "SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n "
+            "ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
+        ).fetchone()[0]
+        conn.execute(render_script(schema=schema, vector_schema=vector_schema, c_module=False))
+    return version
+
+
+def uninstall_sql(conn: psycopg.Connection, *, schema: str = "public") -> None:
+    """Remove a SQL-only install: the qwen schema (queue, catalogue, trigger functions — and so the
+    triggers on registered tables) and the user-facing functions and view in `schema`. Registered
+    tables and their vector columns stay."""
+    with conn.transaction():
+        if conn.execute("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'qwen'").fetchone():
+            raise SQLInstallError("qwen is installed as an extension here: use DROP EXTENSION qwen")
+        conn.execute(sql.SQL("DROP VIEW IF EXISTS {}.qwen_status").format(sql.Identifier(schema)))
+        rows = conn.execute(
+            "SELECT p.oid::regprocedure::text FROM pg_catalog.pg_proc p "
+            "JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = %s AND p.proname LIKE 'qwen\\_%%'",
+            (schema,),
+        ).fetchall()
+        for (signature,) in rows:
+            conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {} CASCADE").format(sql.SQL(signature)))
+        conn.execute("DROP SCHEMA IF EXISTS qwen CASCADE")
