@@ -240,7 +240,8 @@ def _call_in_thread(dsn: str, url: str, statement: str) -> tuple[threading.Threa
                 conn.execute(statement)
             except psycopg.Error as exc:
                 outcome["error"] = exc
-            outcome["after"] = post(conn, "/v1/echo", b"after")
+            if not conn.closed:
+                outcome["after"] = post(conn, "/v1/echo", b"after")
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -259,6 +260,18 @@ def test_pg_cancel_backend_stops_a_waiting_request(db, conn, worker):
     assert not thread.is_alive()
     assert isinstance(outcome.get("error"), psycopg.errors.QueryCanceled)
     assert outcome["after"] == b"after"
+
+
+@pytest.mark.timeout(30)
+def test_pg_terminate_backend_ends_a_waiting_request(db, conn, tcp_worker):
+    thread, outcome = _call_in_thread(db, tcp_worker.url, "SELECT qwen._worker_get('/hang')")
+    assert tcp_worker.hang_arrived.wait(10), "the request never reached the worker"
+
+    assert conn.execute("SELECT pg_terminate_backend(%s)", [outcome["pid"]]).fetchone() == (True,)
+    thread.join(10)
+
+    assert not thread.is_alive()
+    assert isinstance(outcome.get("error"), psycopg.errors.AdminShutdown)
 
 
 @pytest.mark.timeout(30)
