@@ -257,7 +257,7 @@ BEGIN
     emb_type := qwen._column_type(source, embedding_column);
     IF emb_type IS NULL THEN
         EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s.%s', source, embedding_column, qwen._vector_schema(), want_type);
-    ELSIF emb_type <> want_type THEN
+    ELSIF emb_type NOT IN (want_type, qwen._vector_schema() || '.' || want_type) THEN
         RAISE EXCEPTION 'column "%" of table % has type %, expected %', embedding_column, source, emb_type, want_type
             USING HINT = 'Pick another embedding_column, or pass the dimensions that match the existing column.';
     END IF;

@@ -1,0 +1,93 @@
+"""A database connection that survives a server restart: every use goes through `run`, which
+reconnects (with backoff) on a connection-level error and retries the operation."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import psycopg
+from pgvector.psycopg import register_vector
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Stopped(Exception):
+    """Raised instead of waiting for the database when the worker is shutting down."""
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Errors after which the connection is unusable (server restart, network), not SQL errors."""
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return True
+    # a server shutting down terminates sessions with admin_shutdown / crash_shutdown
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    return sqlstate.startswith("57P") or sqlstate.startswith("08")
+
+
+class Reconnecting:
+    """One autocommit connection (with pgvector types), reopened whenever it breaks.
+
+    `on_reconnect(conn)` runs after every *re*connection (not the first), e.g. to give back leases
+    whose claim may or may not have committed when the connection died."""
+
+    def __init__(self, dsn: str, *, name: str, stop: threading.Event | None = None,
+                 on_reconnect: Callable[[psycopg.Connection], None] | None = None,
+                 max_backoff: float = 5.0) -> None:
+        self.dsn = dsn
+        self.name = name
+        self._stop = stop
+        self._on_reconnect = on_reconnect
+        self._max_backoff = max_backoff
+        self._conn: psycopg.Connection | None = None
+        self._connected_before = False
+
+    def _open(self) -> psycopg.Connection:
+        conn = psycopg.connect(self.dsn, autocommit=True, application_name=f"qwen-pg {self.name}")
+        register_vector(conn)
+        return conn
+
+    def connection(self, *, give_up_when_stopped: bool = True) -> psycopg.Connection:
+        delay = 0.1
+        while self._conn is None or self._conn.closed:
+            try:
+                self._conn = self._open()
+                if self._connected_before and self._on_reconnect is not None:
+                    self._on_reconnect(self._conn)
+                if self._connected_before:
+                    log.info("%s: reconnected to the database", self.name)
+                self._connected_before = True
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                self.close()
+                if give_up_when_stopped and self._stop is not None and self._stop.is_set():
+                    raise Stopped() from exc
+                log.warning("%s: database unreachable (%s); retrying in %.1fs", self.name,
+                            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, self._max_backoff)
+        return self._conn
+
+    def run(self, operation: Callable[[psycopg.Connection], T], *, give_up_when_stopped: bool = True) -> T:
+        """Run `operation(conn)`; on a broken connection, reconnect and run it again."""
+        while True:
+            conn = self.connection(give_up_when_stopped=give_up_when_stopped)
+            try:
+                return operation(conn)
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                log.warning("%s: lost the database connection (%s)", self.name, type(exc).__name__)
+                self.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):  # already broken
+                self._conn.close()
+            self._conn = None

@@ -1,0 +1,264 @@
+"""The queue consumer: a pipeline that keeps the model busy while the database work happens beside it.
+
+    main thread (database)             model thread
+    claim batch 1 ───────────────────► embed batch 1
+    claim batch 2 (prefetch)           │
+    wait ◄──────────────────────────── result 1
+    write back 1, claim batch 3 ─────► embed batch 2
+    …
+
+Claims and write-backs are short transactions of their own; no transaction is open while the model
+runs. Registrations are served round-robin, so a big backfill of one table never starves another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import psycopg
+
+from embedder_worker.model.backend import EmbeddingBackend
+
+from . import claims
+from .claims import Claim, Target
+from .connection import Reconnecting, Stopped
+from .embedding import EmbeddedBatch, embed_claim
+from .heartbeat import Heartbeat
+from .maintenance import Maintenance
+from .retry import RetryPolicy
+from .writeback import ensure_staging_table, record_failures, write_back
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "qwen_queue"
+
+
+@dataclass
+class ConsumerOptions:
+    batch_size: int = 64
+    prefetch: int = 1  # claimed batches waiting while the model embeds another
+    lease: timedelta = timedelta(minutes=10)  # backstop; a dead worker is noticed by its heartbeat first
+    poll_interval: float = 5.0  # look for work this often even without a NOTIFY
+    heartbeat_interval: float = 5.0
+    maintenance_interval: float = 10.0
+    targets_refresh: float = 5.0  # re-read what this model serves (new registrations, qwen_alter)
+    exit_when_idle: bool = False
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if self.prefetch < 0:
+            raise ValueError("prefetch must not be negative")
+
+
+@dataclass
+class ConsumerStats:
+    batches: int = 0
+    rows_done: int = 0
+    rows_failed: int = 0
+    rows_parked: int = 0
+    truncated: int = 0
+
+
+class Consumer:
+    """Serves every registration whose model is `model` (default: the backend's model name)."""
+
+    def __init__(self, dsn: str, backend: EmbeddingBackend, *, model: str | None = None,
+                 options: ConsumerOptions | None = None) -> None:
+        self.dsn = dsn
+        self.backend = backend
+        self.model = model or backend.info.name
+        self.options = options or ConsumerOptions()
+        self.stats = ConsumerStats()
+        self._stop = threading.Event()
+        self._to_model: queue.Queue[Claim | None] = queue.Queue()
+        self._results: queue.Queue[EmbeddedBatch] = queue.Queue()
+        self._in_flight = 0
+        self._targets: list[Target] = []
+        self._targets_read_at = 0.0
+        self._next_target = 0
+        self._heartbeat: Heartbeat | None = None
+        self._db = Reconnecting(dsn, name="consumer", stop=self._stop, on_reconnect=self._after_reconnect)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM): claim nothing more, finish the batch being embedded, release the rest."""
+        self._stop.set()
+
+    @property
+    def worker_id(self) -> int | None:
+        return self._heartbeat.worker_id if self._heartbeat else None
+
+    def run(self) -> int:
+        opts = self.options
+        self._heartbeat = Heartbeat(self.dsn, model=self.model, backend=self.backend.info.backend,
+                                    interval=opts.heartbeat_interval, stop=self._stop)
+        self._heartbeat.start()
+        maintenance = Maintenance(self.dsn, model=self.model, stop=self._stop, interval=opts.maintenance_interval)
+        maintenance.start()
+        model_thread = threading.Thread(target=self._model_loop, name="qwen-model", daemon=True)
+        model_thread.start()
+        log.info("worker %s serving model %r", self.worker_id, self.model)
+        try:
+            self._db.run(self._prepare, give_up_when_stopped=False)
+            self._database_loop(maintenance)
+        except Stopped:
+            pass
+        finally:
+            self._stop.set()
+            self._to_model.put(None)
+            model_thread.join(timeout=60)
+            maintenance.wake()
+            self._heartbeat.stop()  # releases leases still held, removes the worker row
+            self._db.close()
+        log.info("worker %s stopped: %d rows embedded in %d batches, %d failures (%d parked)",
+                 self.worker_id, self.stats.rows_done, self.stats.batches, self.stats.rows_failed,
+                 self.stats.rows_parked)
+        return 0
+
+    # -- the model thread ------------------------------------------------------------------------
+
+    def _model_loop(self) -> None:
+        while True:
+            batch = self._to_model.get()
+            if batch is None:
+                return
+            try:
+                result = embed_claim(self.backend, batch)
+            except Exception as exc:  # embed_claim isolates model errors; this is a bug guard
+                log.exception("embedding a batch failed")
+                result = EmbeddedBatch(claim=batch, vectors=[None] * len(batch),
+                                       errors=dict.fromkeys(range(len(batch)), f"{type(exc).__name__}: {exc}"))
+            self._results.put(result)
+
+    # -- the database thread ---------------------------------------------------------------------
+
+    def _prepare(self, conn: psycopg.Connection) -> None:
+        conn.execute(f"LISTEN {CHANNEL}")
+        ensure_staging_table(conn)
+
+    def _after_reconnect(self, conn: psycopg.Connection) -> None:
+        self._prepare(conn)
+        # a claim may have committed just before the connection died: give everything back (batches
+        # still in the pipeline are written back all the same: the write-back needs no lease)
+        if self.worker_id is not None:
+            conn.execute("SELECT qwen.release(%s)", (self.worker_id,))
+
+    def _database_loop(self, maintenance: Maintenance) -> None:
+        opts = self.options
+        while True:
+            self._write_ready_results()
+            if self._stop.is_set():
+                self._release_prefetched()
+                if self._in_flight == 0:
+                    return
+                self._write(self._results.get())
+                continue
+            if self._in_flight < 1 + opts.prefetch:
+                batch = self._claim_next()
+                if batch is not None:
+                    self._in_flight += 1
+                    self._to_model.put(batch)
+                    continue
+            if self._in_flight > 0:
+                with contextlib.suppress(queue.Empty):
+                    self._write(self._results.get(timeout=0.5))
+                continue
+            maintenance.wake()
+            if opts.exit_when_idle and self._idle(maintenance):
+                log.info("nothing left to embed for model %r; exiting", self.model)
+                return
+            self._wait_for_work(opts.poll_interval)
+
+    def _write_ready_results(self) -> None:
+        while True:
+            try:
+                result = self._results.get_nowait()
+            except queue.Empty:
+                return
+            self._write(result)
+
+    def _release_prefetched(self) -> None:
+        """On stop, batches not yet given to the model are not embedded: their leases are released."""
+        while True:
+            try:
+                batch = self._to_model.get_nowait()
+            except queue.Empty:
+                return
+            if batch is None:
+                self._to_model.put(None)
+                return
+            self._in_flight -= 1
+
+    def _refresh_targets(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._targets_read_at >= self.options.targets_refresh:
+            self._targets = self._db.run(lambda conn: claims.served_targets(conn, self.model))
+            self._targets_read_at = now
+
+    def _claim_next(self) -> Claim | None:
+        """Round-robin over the served targets: the first one with claimable work, after the last served."""
+        self._refresh_targets()
+        targets = self._targets
+        for step in range(len(targets)):
+            index = (self._next_target + step) % len(targets)
+            batch = self._db.run(lambda conn, t=targets[index]: claims.claim(
+                conn, t, self.worker_id, self.options.batch_size, self.options.lease))
+            if batch is not None:
+                self._next_target = index + 1
+                return batch
+        return None
+
+    def _write(self, result: EmbeddedBatch) -> None:
+        self._in_flight -= 1
+        retry = self.options.retry
+        try:
+            outcome = self._db.run(lambda conn: write_back(conn, result, self.worker_id, retry),
+                                   give_up_when_stopped=False)
+        except Stopped:
+            raise
+        except Exception as exc:  # e.g. the table or column went away: record it on the entries
+            log.exception("write-back failed for registration %s", result.claim.target.registration_id)
+            message = f"write-back failed: {type(exc).__name__}: {exc}"
+            failed = EmbeddedBatch(claim=result.claim, vectors=result.vectors,
+                                   errors=dict.fromkeys(range(len(result.claim)), message))
+            try:
+                self._db.run(lambda conn: record_failures(conn, failed, self.worker_id, retry))
+            except Exception:
+                log.exception("could not record the failure; the leases will expire")
+            return
+        self.stats.batches += 1
+        self.stats.rows_done += outcome.done
+        self.stats.rows_failed += outcome.failed
+        self.stats.rows_parked += outcome.parked
+        self.stats.truncated += result.truncated
+
+    def _idle(self, maintenance: Maintenance) -> bool:
+        """Nothing queued, backing off or in flight for this model, and no index build or swap left."""
+        if self._db.run(lambda conn: claims.pending_count(conn, self.model)) > 0:
+            return False
+        if not maintenance.run_pass():
+            return False
+        self._refresh_targets(force=True)
+        return self._db.run(lambda conn: claims.pending_count(conn, self.model)) == 0
+
+    def _wait_for_work(self, timeout: float) -> None:
+        """Sleep until a NOTIFY on the queue channel, the poll interval, or a stop request."""
+        deadline = time.monotonic() + timeout
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            wait = min(left, 0.5)
+            got = self._db.run(lambda conn, wait=wait: list(conn.notifies(timeout=wait, stop_after=1)))
+            if got:
+                self._refresh_targets(force=True)
+                return

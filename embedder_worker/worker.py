@@ -1,0 +1,64 @@
+"""The worker process: loads the embedder once, runs the queue consumer, beats its heart, and (with
+`listen`) serves the same loaded model to SQL through the request server. SIGTERM/SIGINT stop it
+gracefully: no new claims, the batch being embedded is finished and written, the rest released."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from .queue import Consumer, ConsumerOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerConfig:
+    dsn: str
+    model: str
+    backend: str = "transformers"
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    consumer: ConsumerOptions = field(default_factory=ConsumerOptions)
+    listen: str | None = None
+    token: str | None = None
+    reranker_model: str | None = None
+
+
+def run_worker(config: WorkerConfig) -> int:
+    from .model import load_embedder, load_reranker
+
+    log.info("loading %s with the %s backend", config.model, config.backend)
+    embedder = load_embedder(config.model, config.backend, **config.backend_options)
+    reranker = None
+    if config.reranker_model:
+        reranker = load_reranker(config.reranker_model, config.backend, **config.backend_options)
+    consumer = Consumer(config.dsn, embedder, model=config.model, options=config.consumer)
+
+    server = None
+    if config.listen:
+        from .server import start_server
+
+        server = start_server(config.listen, embedder, reranker, config.token)
+        log.info("request server listening on %s", server.url)
+
+    _stop_on_signals(consumer)
+    try:
+        return consumer.run()
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _stop_on_signals(consumer: Consumer) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handle(signum: int, _frame: object) -> None:
+        log.info("received %s: finishing the current batch", signal.Signals(signum).name)
+        consumer.stop()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)

@@ -1,0 +1,116 @@
+"""The sync triggers: which writes queue a row, deduplication, and what removes queue entries."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+
+@pytest.fixture
+def docs(conn):
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text, other int DEFAULT 0)")
+    conn.execute("INSERT INTO docs (id, body) SELECT g, 'text ' || g FROM generate_series(1, 20) g")
+    conn.execute("SELECT qwen_register('docs', 'body', model => 'm', dimensions => 8)")
+    conn.execute("DELETE FROM qwen.queue")  # start from an embedded table
+    return conn
+
+
+def entries(conn) -> dict[str, int]:
+    return {key[0]: version for key, version in conn.execute("SELECT key, version FROM qwen.queue")}
+
+
+def test_insert_queues_the_new_rows(docs):
+    docs.execute("INSERT INTO docs (id, body) VALUES (100, 'a'), (101, 'b')")
+    assert entries(docs) == {"100": 1, "101": 1}
+
+
+def test_update_of_the_text_queues_the_row_once_however_often_it_changes(docs):
+    docs.execute("UPDATE docs SET body = 'new' WHERE id = 1")
+    docs.execute("UPDATE docs SET body = 'newer' WHERE id = 1")
+    assert entries(docs) == {"1": 2}  # one entry, its version bumped (the write-back's CAS token)
+
+
+def test_update_of_another_column_queues_nothing(docs):
+    docs.execute("UPDATE docs SET other = other + 1")
+    assert entries(docs) == {}
+
+
+def test_update_to_the_same_text_queues_nothing(docs):
+    docs.execute("UPDATE docs SET body = body")
+    assert entries(docs) == {}
+
+
+def test_text_set_to_null_or_empty_is_queued_to_clear_the_vector(docs):
+    docs.execute("UPDATE docs SET body = NULL WHERE id = 1")
+    docs.execute("UPDATE docs SET body = '' WHERE id = 2")
+    assert entries(docs) == {"1": 1, "2": 1}
+
+
+def test_insert_without_text_needs_no_entry(docs):
+    docs.execute("INSERT INTO docs (id, body) VALUES (200, NULL), (201, '')")
+    assert entries(docs) == {}
+
+
+def test_delete_removes_the_rows_entries(docs):
+    docs.execute("UPDATE docs SET body = 'changed' WHERE id <= 5")
+    docs.execute("DELETE FROM docs WHERE id IN (1, 2)")
+    assert set(entries(docs)) == {"3", "4", "5"}
+
+
+def test_truncate_removes_every_entry_of_the_table(docs):
+    docs.execute("UPDATE docs SET body = 'changed'")
+    docs.execute("TRUNCATE docs")
+    assert entries(docs) == {}
+
+
+def test_primary_key_change_moves_the_entry_to_the_new_key(docs):
+    docs.execute("UPDATE docs SET body = 'pending' WHERE id = 1")
+    docs.execute("UPDATE docs SET id = 1001 WHERE id = 1")
+    docs.execute("UPDATE docs SET id = id + 100 WHERE id IN (2, 3)")  # same text, new keys
+    assert set(entries(docs)) == {"1001", "102", "103"}
+
+
+def test_bulk_insert_select_enqueues_in_one_statement(docs):
+    docs.execute("SELECT pg_stat_force_next_flush()")
+    before = docs.execute("SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions "
+                          "WHERE funcname = '_sync_insert'").fetchone()[0]
+    docs.execute("SET track_functions = 'all'")
+    docs.execute("INSERT INTO docs (id, body) SELECT g, 'bulk ' || g FROM generate_series(1000, 50999) g")
+    docs.execute("SELECT pg_stat_force_next_flush()")
+    after = docs.execute("SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions "
+                         "WHERE funcname = '_sync_insert'").fetchone()[0]
+    assert after - before == 1  # one trigger call for 50,000 rows
+    assert len(entries(docs)) == 50_000
+
+
+def test_copy_enqueues_every_row(docs):
+    with docs.cursor() as cur, cur.copy("COPY docs (id, body) FROM STDIN") as copy:
+        for i in range(5000, 5300):
+            copy.write_row((i, f"copied {i}"))
+    assert len(entries(docs)) == 300
+
+
+def test_entries_are_written_in_the_writers_transaction(docs):
+    with psycopg.connect(docs.info.dsn) as writer:
+        writer.execute("INSERT INTO docs (id, body) VALUES (300, 'x')")
+        assert entries(docs) == {}  # not visible before commit
+        writer.rollback()
+    assert entries(docs) == {}  # and gone with a rollback
+    with psycopg.connect(docs.info.dsn) as writer:
+        writer.execute("INSERT INTO docs (id, body) VALUES (300, 'x')")
+    assert entries(docs) == {"300": 1}
+
+
+def test_a_change_wakes_listening_workers(docs):
+    with psycopg.connect(docs.info.dsn, autocommit=True) as listener:
+        listener.execute("LISTEN qwen_queue")
+        docs.execute("INSERT INTO docs (id, body) VALUES (400, 'wake up')")
+        got = list(listener.notifies(timeout=5, stop_after=1))
+    assert got and got[0].channel == "qwen_queue"
+
+
+def test_a_change_re_queues_a_parked_row(docs):
+    docs.execute("UPDATE docs SET body = 'bad' WHERE id = 1")
+    docs.execute("UPDATE qwen.queue SET failed_at = now(), attempts = 5, last_error = 'boom'")
+    docs.execute("UPDATE docs SET body = 'good' WHERE id = 1")
+    assert docs.execute("SELECT attempts, failed_at, last_error FROM qwen.queue").fetchall() == [(0, None, None)]
