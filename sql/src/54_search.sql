@@ -1,0 +1,177 @@
+-- qwen_search: semantic search over a registered table, optionally reranked.
+--
+-- Runs as the caller (SECURITY INVOKER): the table is read with the caller's privileges and
+-- row-level security policies, through dynamic SQL whose identifiers come from the catalogue via
+-- format('%I') and whose values (query vector, filter values, limits) are bound parameters.
+-- hnsw.iterative_scan = relaxed_order lets the HNSW scan continue past ef_search until k rows pass
+-- the filter (or hnsw.max_scan_tuples is reached); the candidates are re-sorted exactly afterwards.
+
+CREATE FUNCTION qwen._search_limit() RETURNS int
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT 1000 $$;
+
+-- The registration qwen_search reads: the only one, or the one of `source` (and `embedding_column`).
+CREATE FUNCTION qwen._search_registration(p_source regclass, p_embedding_column name)
+RETURNS qwen.registrations
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    found qwen.registrations[];
+BEGIN
+    SELECT array_agg(r ORDER BY r.id) INTO found
+      FROM qwen.registrations AS r
+     WHERE (p_source IS NULL OR r.source = p_source)
+       AND (p_embedding_column IS NULL OR r.embedding_column = p_embedding_column);
+    IF found IS NULL THEN
+        IF p_source IS NULL THEN
+            RAISE EXCEPTION 'no table is registered with qwen'
+                USING HINT = 'Register one first: SELECT qwen_register(''my_table'', ''text_column'');';
+        END IF;
+        RAISE EXCEPTION 'table % has no qwen registration%', p_source,
+            coalesce(' with embedding column ' || quote_ident(p_embedding_column), '')
+            USING HINT = 'See SELECT source, text_column, embedding_column FROM qwen.registrations; or register it with qwen_register().';
+    END IF;
+    IF cardinality(found) > 1 THEN
+        RAISE EXCEPTION 'qwen_search needs to know which registration to search (% match)', cardinality(found)
+            USING HINT = format('Pass source => and, when a table has several, embedding_column => (registered: %s).',
+                                (SELECT string_agg(format('%s.%I', f.source, f.embedding_column), ', ')
+                                   FROM unnest(found) AS f));
+    END IF;
+    RETURN found[1];
+END
+$$;
+
+-- " AND t.col = ($3->>'col')::type …" for an equality filter given as a jsonb object.
+-- Column names are checked against the table and quoted; values stay in the bound jsonb parameter.
+CREATE FUNCTION qwen._search_filter_sql(p_source regclass, p_filter jsonb, p_param int) RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    clause text := '';
+    entry record;
+    column_type text;
+BEGIN
+    IF p_filter IS NULL THEN
+        RETURN '';
+    END IF;
+    IF jsonb_typeof(p_filter) <> 'object' THEN
+        RAISE EXCEPTION 'filter must be a jsonb object of column => value, got a %', jsonb_typeof(p_filter)
+            USING HINT = 'Example: filter => ''{"user_id": "alice"}''';
+    END IF;
+    FOR entry IN SELECT e.key, e.value FROM jsonb_each(p_filter) AS e ORDER BY e.key LOOP
+        SELECT format_type(a.atttypid, a.atttypmod) INTO column_type
+          FROM pg_attribute AS a
+         WHERE a.attrelid = p_source AND a.attname = entry.key AND a.attnum > 0 AND NOT a.attisdropped;
+        IF column_type IS NULL THEN
+            RAISE EXCEPTION 'filter column "%" does not exist in table %', entry.key, p_source
+                USING HINT = 'Filter keys are column names of the registered table.';
+        END IF;
+        IF jsonb_typeof(entry.value) = 'null' THEN
+            clause := clause || format(' AND t.%I IS NULL', entry.key);
+        ELSE
+            clause := clause || format(' AND t.%I = ($%s->>%L)::%s', entry.key, p_param, entry.key, column_type);
+        END IF;
+    END LOOP;
+    RETURN clause;
+END
+$$;
+
+CREATE FUNCTION @extschema@.qwen_search(
+    query text,
+    task text DEFAULT 'web_search',
+    k int DEFAULT 10,
+    source regclass DEFAULT NULL,
+    filter jsonb DEFAULT NULL,
+    rerank boolean DEFAULT false,
+    candidates int DEFAULT 50,
+    embedding_column name DEFAULT NULL)
+RETURNS TABLE (key jsonb, score double precision, text text)
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
+SET search_path = pg_catalog, pg_temp
+SET hnsw.iterative_scan = relaxed_order
+AS $$
+#variable_conflict use_variable
+DECLARE
+    reg qwen.registrations;
+    column_type text;
+    column_type_name name;
+    column_typmod int;
+    query_vector @extschema:vector@.vector;
+    fetch_n int;
+    stmt text;
+    keys jsonb[];
+    texts text[];
+BEGIN
+    IF k IS NULL OR k < 1 OR k > qwen._search_limit() THEN
+        RAISE EXCEPTION 'k must be between 1 and %, got %', qwen._search_limit(), coalesce(k::text, 'NULL')
+            USING HINT = 'k is the number of rows to return.';
+    END IF;
+    IF rerank AND (candidates IS NULL OR candidates < 1 OR candidates > qwen._search_limit()) THEN
+        RAISE EXCEPTION 'candidates must be between 1 and %, got %', qwen._search_limit(),
+            coalesce(candidates::text, 'NULL')
+            USING HINT = 'candidates is how many nearest rows the reranker reorders (e.g. 50).';
+    END IF;
+    reg := qwen._search_registration(source, embedding_column);
+    SELECT ty.typname, a.atttypmod, format_type(a.atttypid, a.atttypmod)
+      INTO column_type_name, column_typmod, column_type
+      FROM pg_attribute AS a JOIN pg_type AS ty ON ty.oid = a.atttypid
+     WHERE a.attrelid = reg.source AND a.attname = reg.embedding_column AND a.attnum > 0 AND NOT a.attisdropped;
+    -- pgvector's typmod is the dimension count
+    IF column_type_name IS DISTINCT FROM reg.vector_type OR column_typmod IS DISTINCT FROM reg.dimensions THEN
+        RAISE EXCEPTION 'column %.% is %, but its registration says %(%)', reg.source, quote_ident(reg.embedding_column),
+            coalesce(column_type, 'missing'), reg.vector_type, reg.dimensions
+            USING HINT = 'The column was changed outside qwen; re-register the table (qwen_unregister, qwen_register).';
+    END IF;
+    IF query IS NULL THEN
+        RETURN;
+    END IF;
+    query_vector := qwen._embed(query, task, reg.dimensions, reg.model);
+    IF @extschema:vector@.vector_dims(query_vector) <> reg.dimensions THEN
+        RAISE EXCEPTION 'the worker returned a %-dimensional query vector, column %.% holds %',
+            @extschema:vector@.vector_dims(query_vector), reg.source, quote_ident(reg.embedding_column), reg.dimensions
+            USING HINT = 'qwen.worker_url must point at a worker serving the registered model ' || quote_literal(reg.model);
+    END IF;
+    fetch_n := CASE WHEN rerank THEN greatest(candidates, k) ELSE k END;
+
+    -- $1 query vector, $2 how many, $3 filter. The ORDER BY is the index's operator on the bare
+    -- column, so the HNSW index serves it; the MATERIALIZED CTE then restores the exact order
+    -- that relaxed_order iterative scans may loosen.
+    stmt := format(
+        'WITH c AS MATERIALIZED ('
+        '  SELECT jsonb_build_object(%s) AS key, t.%I::text AS text, t.%I OPERATOR(@extschema:vector@.<=>) $1::@extschema:vector@.%s AS distance'
+        '    FROM %s AS t'
+        '   WHERE t.%I IS NOT NULL%s'
+        '   ORDER BY t.%I OPERATOR(@extschema:vector@.<=>) $1::@extschema:vector@.%s'
+        '   LIMIT $2)'
+        ' SELECT c.key, 1 - c.distance, c.text FROM c ORDER BY c.distance',
+        (SELECT string_agg(format('%L, t.%I', kc, kc), ', ' ORDER BY i)
+           FROM unnest(reg.key_columns) WITH ORDINALITY AS u(kc, i)),
+        reg.text_column, reg.embedding_column, reg.vector_type,
+        reg.source,
+        reg.embedding_column, qwen._search_filter_sql(reg.source, filter, 3),
+        reg.embedding_column, reg.vector_type);
+
+    IF NOT rerank THEN
+        RETURN QUERY EXECUTE stmt USING query_vector, fetch_n, filter;
+        RETURN;
+    END IF;
+
+    -- Two-stage: the nearest candidates, reordered by the reranker in one worker call.
+    -- keys are unique, so (score, key) is a total order and the two arrays stay aligned
+    EXECUTE format('SELECT array_agg(s.key ORDER BY s.score DESC, s.key), array_agg(s.text ORDER BY s.score DESC, s.key)'
+                   ' FROM (%s) AS s(key, score, text)', stmt)
+       INTO keys, texts
+      USING query_vector, fetch_n, filter;
+    IF keys IS NULL THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+        SELECT keys[r.index], r.score, texts[r.index]
+          FROM @extschema@.qwen_rerank(query, texts, task, k) AS r;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.qwen_search(text, text, int, regclass, jsonb, boolean, int, name) IS
+  'Semantic search over a registered table as the caller: (key, score, text) best first; filter => jsonb equality on columns; rerank => true reorders the nearest candidates with the reranker';

@@ -1,0 +1,187 @@
+"""qwen_search: nearest rows of a registered table as the caller sees them, filtered, optionally reranked."""
+
+from __future__ import annotations
+
+import numpy as np
+import psycopg
+import pytest
+from pgvector.psycopg import register_vector
+
+from embedder_worker.model.qwen3 import TASK_PRESETS
+from tests.fixtures.db import dsn_as
+
+MEMORIES = [
+    ("alice", "I live in Lisbon"), ("alice", "My cat is called Miso"), ("alice", "I am allergic to peanuts"),
+    ("alice", "I work as a nurse"), ("bob", "I live in Oslo"), ("bob", "My dog is called Rex"),
+    ("bob", "I play the cello"), ("bob", "I hate cold weather"), ("carol", "I grow tomatoes"),
+    ("carol", "My favourite city is Lisbon"),
+]
+
+
+def _create_memories(conn, tiny_models, tiny_embedder, table="memories", rows=MEMORIES) -> int:
+    """A registered table whose embeddings are filled with the model layer's document vectors
+    (what the queue worker would write), with its HNSW index."""
+    conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, user_id text NOT NULL, body text NOT NULL)")
+    with conn.cursor() as cur:
+        cur.executemany(f"INSERT INTO {table} VALUES (%s, %s, %s)", [(i + 1, u, b) for i, (u, b) in enumerate(rows)])
+    reg = conn.execute("SELECT qwen_register(%s, 'body', model => %s, dimensions => %s, index_mode => 'immediate')",
+                       (table, str(tiny_models.embed), tiny_embedder.info.dimension)).fetchone()[0]
+    vectors = tiny_embedder.embed([b for _, b in rows]).vectors
+    with conn.cursor() as cur:
+        cur.executemany(f"UPDATE {table} SET embedding = %s WHERE id = %s",
+                        [(v, i + 1) for i, v in enumerate(vectors)])
+    return reg
+
+
+@pytest.fixture
+def wconn(worker_db):
+    with psycopg.connect(worker_db, autocommit=True) as c:
+        register_vector(c)
+        yield c
+
+
+@pytest.fixture
+def memories(wconn, tiny_models, tiny_embedder):
+    _create_memories(wconn, tiny_models, tiny_embedder)
+    return wconn
+
+
+def _expected(tiny_embedder, query: str, task: str, ids: list[int] | None = None) -> list[tuple[int, float]]:
+    """Brute-force cosine ranking with the model layer's vectors."""
+    q = tiny_embedder.embed([query], instruction=TASK_PRESETS.get(task, task)).vectors[0]
+    docs = tiny_embedder.embed([b for _, b in MEMORIES]).vectors
+    scores = docs @ q
+    order = [i for i in np.argsort(-scores, kind="stable") if ids is None or i + 1 in ids]
+    return [(int(i) + 1, float(scores[i])) for i in order]
+
+
+def test_results_are_the_nearest_rows_with_cosine_scores(memories, tiny_embedder):
+    rows = memories.execute("SELECT key, score, text FROM qwen_search('where does she live', 'memory', 4)").fetchall()
+    expected = _expected(tiny_embedder, "where does she live", "memory")[:4]
+    assert [r[0] for r in rows] == [{"id": i} for i, _ in expected]
+    np.testing.assert_allclose([r[1] for r in rows], [s for _, s in expected], atol=1e-5)
+    assert rows[0][2] == MEMORIES[expected[0][0] - 1][1]
+
+
+def test_the_search_uses_the_hnsw_index(memories):
+    memories.execute("SET enable_seqscan = off")
+    index = memories.execute("SELECT index_name FROM qwen.registrations").fetchone()[0]
+
+    def scans() -> int:
+        memories.execute("SELECT pg_stat_clear_snapshot()")
+        return memories.execute("SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = %s",
+                                (index,)).fetchone()[0]
+
+    before = scans()
+    memories.execute("SELECT * FROM qwen_search('pets', 'memory', 3)").fetchall()
+    memories.execute("SELECT pg_stat_force_next_flush()")
+    assert scans() == before + 1
+
+
+def test_an_equality_filter_still_returns_k_rows_through_iterative_scans(wconn, tiny_models, tiny_embedder):
+    rows = [("bob", f"bob note number {i}") for i in range(150)] + [("alice", f"alice fact {i}") for i in range(12)]
+    _create_memories(wconn, tiny_models, tiny_embedder, rows=rows)
+    wconn.execute("SET enable_seqscan = off")
+    wconn.execute("SET hnsw.ef_search = 10")  # a plain HNSW scan would stop after 10 candidates, mostly bob's
+    got = wconn.execute("""SELECT key FROM qwen_search('note', 'memory', 10, filter => '{"user_id": "alice"}')""")
+    keys = [r[0]["id"] for r in got.fetchall()]
+    assert len(keys) == 10
+    assert all(rows[k - 1][0] == "alice" for k in keys)
+
+
+def test_filter_values_are_bound_and_columns_checked(memories):
+    hostile = {"user_id": "alice' OR true --"}
+    assert memories.execute("SELECT count(*) FROM qwen_search('x', filter => %s)",
+                            (psycopg.types.json.Jsonb(hostile),)).fetchone()[0] == 0
+    with pytest.raises(psycopg.Error, match='filter column "nope" does not exist'):
+        memories.execute("""SELECT * FROM qwen_search('x', filter => '{"nope": 1}')""")
+    with pytest.raises(psycopg.Error, match="filter must be a jsonb object"):
+        memories.execute("SELECT * FROM qwen_search('x', filter => '[1]')")
+
+
+def test_a_filter_on_several_columns_and_null(memories, tiny_embedder):
+    rows = memories.execute(
+        """SELECT key FROM qwen_search('city', 'memory', 10, filter => '{"user_id": "carol", "id": 10}')""").fetchall()
+    assert [r[0] for r in rows] == [{"id": 10}]
+    memories.execute("ALTER TABLE memories ADD COLUMN tag text")
+    assert memories.execute("""SELECT count(*) FROM qwen_search('city', k => 10, filter => '{"tag": null}')"""
+                            ).fetchone()[0] == 10
+
+
+def test_two_stage_search_returns_the_reranked_order(memories, tiny_embedder, tiny_reranker):
+    nearest = _expected(tiny_embedder, "pets", "memory")[:6]
+    texts = [MEMORIES[i - 1][1] for i, _ in nearest]
+    scores = tiny_reranker.rerank("pets", texts, instruction=TASK_PRESETS["memory"]).scores
+    best = sorted(range(len(texts)), key=lambda j: (-scores[j], j))[:3]
+    rows = memories.execute(
+        "SELECT key, score, text FROM qwen_search('pets', 'memory', 3, rerank => true, candidates => 6)").fetchall()
+    assert [r[0]["id"] for r in rows] == [nearest[j][0] for j in best]
+    np.testing.assert_allclose([r[1] for r in rows], [scores[j] for j in best], atol=1e-6)
+    assert [r[2] for r in rows] == [texts[j] for j in best]
+
+
+def test_a_caller_without_select_gets_a_permission_error(memories, worker_db, make_role):
+    role = make_role("qwen_reader_nosel")
+    with psycopg.connect(dsn_as(worker_db, role)) as c, pytest.raises(psycopg.errors.InsufficientPrivilege,
+                                                                      match="permission denied for table memories"):
+        c.execute("SELECT * FROM qwen_search('where do I live', 'memory')").fetchall()
+
+
+def test_row_level_security_hides_other_users_rows(memories, worker_db, make_role):
+    alice = make_role("alice")
+    memories.execute("ALTER TABLE memories ENABLE ROW LEVEL SECURITY")
+    memories.execute("CREATE POLICY own_memories ON memories USING (user_id = current_user)")
+    memories.execute("GRANT SELECT ON memories TO alice")
+    with psycopg.connect(dsn_as(worker_db, alice)) as c:
+        rows = c.execute("SELECT text FROM qwen_search('anything', 'memory', 10)").fetchall()
+    assert sorted(r[0] for r in rows) == sorted(b for u, b in MEMORIES if u == "alice")
+
+
+def test_null_query_gives_no_rows(memories):
+    assert memories.execute("SELECT count(*) FROM qwen_search(NULL)").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    ("qwen_search('q', k => 0)", "k must be between 1 and 1000, got 0"),
+    ("qwen_search('q', k => 1000000)", "k must be between 1 and 1000"),
+    ("qwen_search('q', k => NULL)", "k must be between"),
+    ("qwen_search('q', rerank => true, candidates => 0)", "candidates must be between"),
+    ("qwen_search('q', 'memroy')", "unknown task preset 'memroy'"),
+    ("qwen_search('q', source => 'pg_class')", "table pg_class has no qwen registration"),
+])
+def test_bad_arguments_are_clear_errors(memories, call, message):
+    with pytest.raises(psycopg.Error, match=message):
+        memories.execute(f"SELECT * FROM {call}")
+
+
+def test_no_registration_at_all_is_an_error_with_a_hint(wconn):
+    with pytest.raises(psycopg.Error, match="no table is registered") as caught:
+        wconn.execute("SELECT * FROM qwen_search('q')")
+    assert "qwen_register" in caught.value.diag.message_hint
+
+
+def test_several_registrations_need_a_source(memories, tiny_models, tiny_embedder):
+    _create_memories(memories, tiny_models, tiny_embedder, table="notes", rows=MEMORIES[:3])
+    with pytest.raises(psycopg.Error, match="needs to know which registration") as caught:
+        memories.execute("SELECT * FROM qwen_search('q')")
+    assert "source =>" in caught.value.diag.message_hint
+    rows = memories.execute("SELECT key FROM qwen_search('q', source => 'notes', k => 10)").fetchall()
+    assert len(rows) == 3
+
+
+def test_a_registration_for_another_model_is_refused(wconn, tiny_embedder):
+    wconn.execute("CREATE TABLE other (id int PRIMARY KEY, body text)")
+    wconn.execute("SELECT qwen_register('other', 'body', model => 'Qwen/Qwen3-Embedding-0.6B', dimensions => %s)",
+                  (tiny_embedder.info.dimension,))
+    with pytest.raises(psycopg.Error, match="is not served here"):
+        wconn.execute("SELECT * FROM qwen_search('q')")
+
+
+def test_a_column_that_no_longer_matches_its_registration_is_an_error(memories):
+    memories.execute("UPDATE memories SET embedding = NULL")
+    index = memories.execute("SELECT index_name FROM qwen.registrations").fetchone()[0]
+    memories.execute(f'DROP INDEX "{index}"')
+    memories.execute("ALTER TABLE memories ALTER COLUMN embedding TYPE vector(32)")
+    mismatch = r"memories.embedding is \S*vector\(32\), but its registration says vector\(64\)"
+    with pytest.raises(psycopg.Error, match=mismatch):
+        memories.execute("SELECT * FROM qwen_search('q')")
