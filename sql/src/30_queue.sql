@@ -454,6 +454,11 @@ BEGIN
     END IF;
     IF col IS NOT NULL THEN
         key_match := qwen._key_match(r.key_columns, r.key_types, 't', 'w.key');
+        -- lock the rows in key order first: writers touching several rows in key order cannot deadlock with us
+        EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s t JOIN pg_temp.qwen_writeback w ON %s
+                        ORDER BY %s FOR UPDATE OF t) locked',
+                       r.source, key_match,
+                       (SELECT string_agg(format('t.%I', c), ', ') FROM unnest(r.key_columns) AS c));
         PERFORM set_config('qwen_sync.writeback', 'on', true);
         EXECUTE format('UPDATE %s t SET %I = w.vec%s FROM pg_temp.qwen_writeback w
                         WHERE %s AND md5(t.%I::text) IS NOT DISTINCT FROM w.body_hash',

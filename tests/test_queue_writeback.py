@@ -1,0 +1,129 @@
+"""The compare-and-set write-back: a vector lands only if the row's text is still the one embedded, and
+a queue entry goes away only if nothing newer replaced it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import numpy as np
+import psycopg
+import pytest
+
+from embedder_worker.queue import RetryPolicy, Target
+from embedder_worker.queue.claims import claim
+from embedder_worker.queue.embedding import EmbeddedBatch
+from embedder_worker.queue.writeback import ensure_staging_table, write_back
+from tests.queue_support import connect
+
+DIMS = 8
+
+
+def vec(seed: int) -> np.ndarray:
+    v = np.arange(1, DIMS + 1, dtype=np.float32) + seed
+    return v / np.linalg.norm(v)
+
+
+@pytest.fixture
+def setup(db):
+    conn = connect(db)
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs SELECT g, 'text ' || g FROM generate_series(1, 4) g")
+    conn.execute("SELECT qwen_register('docs', 'body', model => 'm', dimensions => %s)", (DIMS,))
+    worker = conn.execute("SELECT qwen.worker_start('m', 'test', 'h', 1, '1 min')").fetchone()[0]
+    worker_conn = connect(db)
+    ensure_staging_table(worker_conn)
+    return conn, worker_conn, worker
+
+
+def take(worker_conn, worker):
+    batch = claim(worker_conn, Target(1, 0, DIMS), worker, 10, timedelta(minutes=1))
+    order = sorted(range(len(batch)), key=lambda i: int(batch.keys[i][0]))
+    for name in ("keys", "versions", "texts", "hashes"):
+        setattr(batch, name, [getattr(batch, name)[i] for i in order])
+    return batch
+
+
+def land(worker_conn, worker, batch):
+    vectors = [vec(int(k[0])) for k in batch.keys]
+    return write_back(worker_conn, EmbeddedBatch(claim=batch, vectors=vectors), worker, RetryPolicy())
+
+
+def queue_state(conn):
+    return {k[0]: (v, leased) for k, v, leased in
+            conn.execute("SELECT key, version, leased_by IS NOT NULL FROM qwen.queue")}
+
+
+def test_unchanged_rows_get_their_vector_and_leave_the_queue(setup):
+    conn, worker_conn, worker = setup
+    result = land(worker_conn, worker, take(worker_conn, worker))
+    assert (result.written, result.done) == (4, 4)
+    assert queue_state(conn) == {}
+    assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NOT NULL").fetchone() == (4,)
+
+
+def test_a_row_changed_after_the_claim_keeps_its_old_vector_and_stays_queued(setup):
+    conn, worker_conn, worker = setup
+    batch = take(worker_conn, worker)
+    conn.execute("UPDATE docs SET body = 'changed meanwhile' WHERE id = 2")
+    result = land(worker_conn, worker, batch)
+    assert (result.written, result.done) == (3, 3)
+    assert queue_state(conn) == {"2": (2, False)}  # still queued, and claimable at once (lease released)
+    assert conn.execute("SELECT embedding FROM docs WHERE id = 2").fetchone() == (None,)
+
+
+def test_a_row_changed_and_changed_back_gets_the_vector_but_is_embedded_again(setup):
+    conn, worker_conn, worker = setup
+    batch = take(worker_conn, worker)
+    conn.execute("UPDATE docs SET body = 'other' WHERE id = 3")
+    conn.execute("UPDATE docs SET body = 'text 3' WHERE id = 3")
+    result = land(worker_conn, worker, batch)
+    assert (result.written, result.done) == (4, 3)
+    assert set(queue_state(conn)) == {"3"}
+
+
+def test_a_row_deleted_after_the_claim_leaves_nothing_behind(setup):
+    conn, worker_conn, worker = setup
+    batch = take(worker_conn, worker)
+    conn.execute("DELETE FROM docs WHERE id = 4")
+    result = land(worker_conn, worker, batch)
+    assert (result.written, result.done) == (3, 3)
+    assert queue_state(conn) == {}
+
+
+def test_a_write_back_waits_for_an_uncommitted_change_and_then_skips_that_row(setup, db):
+    conn, worker_conn, worker = setup
+    batch = take(worker_conn, worker)
+    writer = psycopg.connect(db)
+    writer.execute("UPDATE docs SET body = 'in progress' WHERE id = 1")
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(r=land(worker_conn, worker, batch)))
+    thread.start()
+    time.sleep(0.3)
+    assert thread.is_alive()  # blocked on the writer's row lock
+    writer.commit()
+    thread.join(timeout=10)
+    assert (outcome["r"].written, outcome["r"].done) == (3, 3)
+    assert set(queue_state(conn)) == {"1"}
+    writer.close()
+
+
+def test_vectors_of_an_outdated_configuration_are_dropped(setup):
+    conn, worker_conn, worker = setup
+    batch = take(worker_conn, worker)
+    conn.execute("UPDATE qwen.registrations SET dimensions = 16")  # as after a qwen_alter swap
+    result = land(worker_conn, worker, batch)
+    assert (result.written, result.done) == (0, 0)
+    assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NOT NULL").fetchone() == (0,)
+    assert all(not leased for _, leased in queue_state(conn).values())
+
+
+def test_a_live_workers_lease_is_respected_and_a_dead_workers_is_not(setup, db):
+    conn, worker_conn, worker = setup
+    take(worker_conn, worker)
+    other = conn.execute("SELECT qwen.worker_start('m', 'test', 'h', 2, '1 min')").fetchone()[0]
+    assert claim(worker_conn, Target(1, 0, DIMS), other, 10, timedelta(minutes=1)) is None
+    conn.execute("UPDATE qwen.workers SET heartbeat_at = now() - interval '10 minutes' WHERE id = %s", (worker,))
+    stolen = claim(worker_conn, Target(1, 0, DIMS), other, 10, timedelta(minutes=1))
+    assert stolen is not None and len(stolen) == 4  # the dead worker's lease did not have to expire
