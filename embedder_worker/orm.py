@@ -184,7 +184,7 @@ def qwen_search(query: str, task: str | None = "web_search", k: int = 10, *, sou
         literal(task, String()),
         literal(k, Integer()),
         cast(literal(source, String()), RegClass()),
-        literal(filter, JSONB()),
+        literal(filter, JSONB(none_as_null=True)),
         literal(rerank, Boolean()),
         literal(candidates, Integer()),
     )

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from .. import embedded_db, extension_install
+from .. import embedded_db, extension_install, sql_install
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,6 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --pg-config: also run CREATE EXTENSION qwen CASCADE on this database")
     p.add_argument("--no-create", action="store_true", help="install files only, do not CREATE EXTENSION")
     p.set_defaults(func=_install_extension)
+
+    p = dbsub.add_parser("install-sql", help="install the qwen schema without the C module (managed databases)")
+    common(p)
+    p.add_argument("--dsn", default=os.environ.get("QWEN_PG_DSN"),
+                   help="database to install into (default: $QWEN_PG_DSN, else the embedded server)")
+    p.add_argument("--schema", default="public", help="schema for the user-facing functions (default public)")
+    p.set_defaults(func=_install_sql)
 
 
 def _server(args: argparse.Namespace) -> embedded_db.EmbeddedServer:
@@ -101,4 +108,15 @@ def _install_extension(args: argparse.Namespace) -> int:
             conn.execute("CREATE EXTENSION IF NOT EXISTS qwen CASCADE")
             version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'qwen'").fetchone()
         print(f"CREATE EXTENSION qwen: version {version[0]}")
+    return 0
+
+
+def _install_sql(args: argparse.Namespace) -> int:
+    import psycopg
+
+    dsn = args.dsn or _server(args).start().dsn
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        version = sql_install.install_sql(conn, schema=args.schema)
+    print(f"qwen SQL {version} installed without the C module: queue, triggers, registration and status work; "
+          "in-query model calls go through the Python client (embedder_worker.client)")
     return 0

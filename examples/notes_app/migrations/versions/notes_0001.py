@@ -1,0 +1,36 @@
+"""notes table, embedded by qwen.
+
+Revision ID: notes_0001
+Revises:
+Depends on: qwen_0_1_0 (the qwen schema)
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+import embedder_worker.alembic  # noqa: F401  (registers the qwen operations)
+from embedder_worker.orm import vector_type_for
+from examples.notes_app.models import DIMENSIONS, MODEL
+
+revision = "notes_0001"
+down_revision = None
+branch_labels = ("notes",)
+depends_on = ("qwen_0_1_0",)
+
+
+def upgrade() -> None:
+    op.create_table(
+        "notes",
+        sa.Column("id", sa.BigInteger, primary_key=True),
+        sa.Column("user_id", sa.Text, nullable=False, index=True),
+        sa.Column("body", sa.Text, nullable=False),
+        sa.Column("embedding", vector_type_for(DIMENSIONS), nullable=True),
+    )
+    op.create_qwen_embedding("notes", "body", "embedding", model=MODEL, dimensions=DIMENSIONS)
+
+
+def downgrade() -> None:
+    op.drop_qwen_embedding("notes", "embedding")
+    op.drop_table("notes")
