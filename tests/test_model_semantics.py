@@ -172,3 +172,9 @@ def test_concurrent_callers_get_the_same_vectors_as_sequential_ones(tiny_embedde
 
 def test_tiny_shape_keeps_head_dim_vllm_cpu_can_run():
     assert TinyShape().head_dim >= 32
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("vllm") is not None, reason="vllm is installed here")
+def test_the_vllm_backend_says_how_to_install_vllm_when_it_is_missing(tiny_models):
+    with pytest.raises(ImportError, match=r"pip install 'qwen-pg\[vllm\]'"):
+        load_embedder(str(tiny_models.embed), backend="vllm")
