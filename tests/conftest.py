@@ -8,4 +8,5 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-pytest_plugins = ["tests.fixtures.db", "tests.fixtures.models", "tests.fixtures.worker"]
+pytest_plugins = ["tests.fixtures.db", "tests.fixtures.models", "tests.fixtures.worker",
+                  "tests.fixtures.notes_app"]

@@ -7,49 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import psycopg
-import pytest
 from alembic import command
 from alembic.autogenerate import produce_migrations, render_python_code
-from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
 import embedder_worker.alembic as qwen_alembic
 from embedder_worker.orm import sqlalchemy_url
 from embedder_worker.queue import Consumer, ConsumerOptions
-
-APP = Path(__file__).resolve().parent.parent / "examples" / "notes_app"
-DIMS = 40
-
-
-@pytest.fixture
-def notes_env(monkeypatch, tiny_models):
-    monkeypatch.setenv("NOTES_MODEL", str(tiny_models.embed))
-    monkeypatch.setenv("NOTES_DIMENSIONS", str(DIMS))
-    import importlib
-
-    import examples.notes_app.models as models
-
-    importlib.reload(models)  # picks up the model and dimensions from the environment
-    yield models
-    monkeypatch.undo()
-    importlib.reload(models)
-
-
-def alembic_config(dsn: str) -> Config:
-    cfg = Config(str(APP / "alembic.ini"))
-    cfg.set_main_option("script_location", str(APP / "migrations"))
-    return cfg
-
-
-def run(cfg: Config, dsn: str, fn, *args, **kw):
-    engine = create_engine(sqlalchemy_url(dsn))
-    try:
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            return fn(cfg, *args, **kw)
-    finally:
-        engine.dispose()
+from tests.fixtures.notes_app import DIMS, alembic_config, run
 
 
 def test_upgrade_creates_table_registers_it_and_the_worker_fills_it(bare_db, notes_env, tiny_embedder, tiny_models):

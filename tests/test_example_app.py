@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 from embedder_worker.model.qwen3 import resolve_task
 from embedder_worker.orm import sqlalchemy_url
 from embedder_worker.queue import Consumer, ConsumerOptions
-from tests.test_alembic import DIMS, alembic_config, notes_env, run  # noqa: F401  (fixture reused)
+from tests.fixtures.notes_app import DIMS, alembic_config, run
 
 NOTES = [
     (1, "alice", "I prefer green tea in the morning"),
