@@ -182,7 +182,8 @@ def _status(args: argparse.Namespace) -> int:
                       model, str(r["dimensions"]), f"{r['embedded']}/{r['rows_with_text']}", coverage,
                       str(r["queued"]), str(r["in_flight"]), str(r["failed"]), _format_age(r["oldest_pending_age"]),
                       str(r["workers"]), (r["last_error"] or "")[:60])
-    Console().print(table)
+    console = Console() if sys.stdout.isatty() else Console(width=200)  # pipes: do not squeeze to 80 columns
+    console.print(table)
     if not rows:
         print("no registrations yet: qwen-pg register --table T --text-column C (or SELECT qwen_register(...))")
     return 0

@@ -1,0 +1,94 @@
+"""The worker as a process (`qwen-pg worker`): killed with SIGKILL, stopped with SIGTERM, cut off by a
+database restart — nothing is lost and every vector ends up equal to the model's embedding."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.queue_support import assert_vectors_are_embeddings, connect, start_worker, status
+
+pytestmark = pytest.mark.slow
+
+# long texts make the tiny model slow enough (~25 ms a row) to stop a worker in the middle of its work
+LONG_TEXT = "repeat('long text number ' || g || ' ', 250)"
+
+
+def make_long_docs(conn, model: str, rows: int, start: int = 1) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS docs (id int PRIMARY KEY, body text)")
+    conn.execute(f"INSERT INTO docs SELECT g, {LONG_TEXT} FROM generate_series({start}, {start + rows - 1}) g")
+    conn.execute("SELECT qwen_register('docs', 'body', model => %s, dimensions => 64)", (model,))
+
+
+def wait_for(predicate, timeout: float = 120.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def counts(conn) -> tuple[int, int]:
+    """(rows with a vector, queue entries leased right now)"""
+    embedded = conn.execute("SELECT count(*) FROM docs WHERE embedding IS NOT NULL").fetchone()[0]
+    leased = conn.execute("SELECT count(*) FROM qwen.queue WHERE leased_by IS NOT NULL").fetchone()[0]
+    return embedded, leased
+
+
+def test_a_killed_workers_rows_are_picked_up_and_all_complete(db, tiny_embedder, tmp_path):
+    conn = connect(db)
+    model = tiny_embedder.info.name
+    make_long_docs(conn, model, 150)
+    victim = start_worker(db, model, "--batch-size", "16", log_path=tmp_path / "victim.log")
+    try:
+        wait_for(lambda: (lambda e, leased: e >= 16 and leased > 0)(*counts(conn)), what="the worker to be mid-run")
+        os.kill(victim.pid, signal.SIGKILL)
+    finally:
+        victim.kill()
+        victim.wait()
+    embedded_at_kill, leased_at_kill = counts(conn)
+    assert leased_at_kill > 0 and embedded_at_kill < 150
+    rescuer = start_worker(db, model, "--batch-size", "16", "--exit-when-idle", log_path=tmp_path / "rescuer.log")
+    assert rescuer.wait(timeout=180) == 0, (tmp_path / "rescuer.log").read_text()[-2000:]
+    assert assert_vectors_are_embeddings(conn, "docs", tiny_embedder, 64) == 150
+    assert conn.execute("SELECT count(*) FROM qwen.queue").fetchone() == (0,)
+
+
+def test_sigterm_finishes_the_batch_in_hand_and_releases_the_rest(db, tiny_embedder, tmp_path):
+    conn = connect(db)
+    model = tiny_embedder.info.name
+    make_long_docs(conn, model, 150)
+    worker = start_worker(db, model, "--batch-size", "16", log_path=tmp_path / "worker.log")
+    wait_for(lambda: (lambda e, leased: e >= 16 and leased > 0)(*counts(conn)), what="the worker to be mid-run")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) == 0, (tmp_path / "worker.log").read_text()[-2000:]
+    embedded, leased = counts(conn)
+    assert leased == 0  # nothing left claimed
+    assert conn.execute("SELECT count(*) FROM qwen.workers").fetchone() == (0,)  # signed off
+    # every row is either embedded (and out of the queue) or still queued: nothing in between
+    assert embedded + conn.execute("SELECT count(*) FROM qwen.queue").fetchone()[0] == 150
+    assert 0 < embedded < 150
+
+
+def test_the_worker_reconnects_after_a_database_restart_and_finishes(pg_server, db, tiny_embedder, tmp_path):
+    conn = connect(db)
+    model = tiny_embedder.info.name
+    make_long_docs(conn, model, 100)
+    worker = start_worker(db, model, "--batch-size", "16", log_path=tmp_path / "worker.log")
+    try:
+        wait_for(lambda: counts(conn)[0] >= 16, what="the first batches")
+        conn.close()
+        pg_server.restart()
+        conn = connect(db)
+        conn.execute(f"INSERT INTO docs SELECT g, {LONG_TEXT} FROM generate_series(1001, 1030) g")
+        wait_for(lambda: conn.execute("SELECT qwen.pending_count(%s)", (model,)).fetchone()[0] == 0,
+                 what="the queue to drain after the restart")
+        assert status(conn, "docs")["workers"] == 1
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(timeout=60)
+    assert code == 0, (tmp_path / "worker.log").read_text()[-2000:]
+    assert "reconnected" in (tmp_path / "worker.log").read_text()
+    assert assert_vectors_are_embeddings(conn, "docs", tiny_embedder, 64) == 130
