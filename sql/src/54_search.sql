@@ -1,5 +1,7 @@
 -- qwen_search: semantic search over a registered table, optionally reranked.
 --
+-- VOLATILE: it locks the table and re-reads its registration with a fresh snapshot (see below);
+-- the query vector is computed once per call.
 -- Runs as the caller (SECURITY INVOKER): the table is read with the caller's privileges and
 -- row-level security policies, through dynamic SQL whose identifiers come from the catalogue via
 -- format('%I') and whose values (query vector, filter values, limits) are bound parameters.
@@ -89,13 +91,14 @@ CREATE FUNCTION @extschema@.qwen_search(
     candidates int DEFAULT 50,
     embedding_column name DEFAULT NULL)
 RETURNS TABLE (key jsonb, score double precision, text text)
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
+LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
 SET hnsw.iterative_scan = relaxed_order
 AS $$
 #variable_conflict use_variable
 DECLARE
     reg qwen.registrations;
+    searched regclass;
     column_type text;
     column_type_name name;
     column_typmod int;
@@ -115,6 +118,17 @@ BEGIN
             USING HINT = 'candidates is how many nearest rows the reranker reorders (e.g. 50).';
     END IF;
     reg := qwen._search_registration(source, embedding_column);
+    -- Lock the table, then read the registration again: qwen_alter swaps the column and the
+    -- registration in one transaction under an exclusive lock, so after this the two agree.
+    -- (VOLATILE, so that this second read takes a fresh snapshot.) Without SELECT on the table
+    -- this is where the caller gets "permission denied", before any worker call.
+    searched := reg.source;
+    EXECUTE format('LOCK TABLE %s IN ACCESS SHARE MODE', searched);
+    SELECT * INTO reg FROM qwen.registrations AS r WHERE r.id = reg.id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'the qwen registration of table % was removed', searched
+            USING HINT = 'Register the table again with qwen_register().';
+    END IF;
     SELECT ty.typname, a.atttypmod, format_type(a.atttypid, a.atttypmod)
       INTO column_type_name, column_typmod, column_type
       FROM pg_attribute AS a JOIN pg_type AS ty ON ty.oid = a.atttypid
