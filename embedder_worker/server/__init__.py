@@ -87,7 +87,7 @@ def start_server(
 
     routes = ServerApp(embedder, reranker, token=token, limits=limits)
     config = uvicorn.Config(routes.app, log_level=log_level, access_log=False, lifespan="on",
-                            http="h11", loop="asyncio", timeout_graceful_shutdown=5)
+                            http="auto", loop="asyncio", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="qwen-request-server",
                               daemon=True)

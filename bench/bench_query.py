@@ -1,0 +1,178 @@
+"""Benchmark of the in-query model calls (qwen_embed, qwen_rerank) through the worker's request server.
+
+    .venv/bin/python bench/bench_query.py [--shape mid] [--clients 64] [--threads 1]
+
+Measures, on the embedded PostgreSQL with the request server on a unix socket (same host):
+1. qwen_embed round-trip overhead: median of `SELECT qwen_embed(q, 'memory')` minus the median of the
+   same embedding computed by a direct backend call (goal: ≤ 1 ms);
+2. throughput of N concurrent SQL clients calling qwen_embed, with micro-batching and without
+   (`BatchLimits(enabled=False)`: one request per forward pass) — goal ≥ 3× with a mid-size model;
+3. qwen_rerank of 100 candidates in one call vs 100 scalar qwen_rerank calls.
+Models are random Qwen3 models with the real tokenizer (no weights can be downloaded here): `tiny`
+(hidden 64, 2 layers) or `mid` (hidden 512, 8 layers, ≈ 100 M parameters with the 151k vocabulary);
+compute cost, not quality, is what matters for these numbers. The server runs in this process, as
+in `qwen-pg worker --listen`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+
+from embedder_worker import embedded_db, extension_install
+from embedder_worker.model import load_embedder, load_reranker
+from embedder_worker.model.qwen3 import TASK_PRESETS
+from embedder_worker.model.tiny import TinyShape, cached_tiny_models, make_tiny_models
+from embedder_worker.server import BatchLimits, start_server
+
+SHAPES = {
+    "tiny": None,
+    "mid": TinyShape(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
+                     head_dim=64, intermediate_size=1536, initializer_range=0.02),
+}
+QUERIES = [f"what did I say about topic number {i} last week" for i in range(64)]
+
+
+def models_for(shape_name: str) -> tuple[Path, Path]:
+    if SHAPES[shape_name] is None:
+        tiny = cached_tiny_models(0)
+        return tiny.embed, tiny.rerank
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qwen-pg" / f"bench-{shape_name}"
+    if not (cache / "rerank" / "model.safetensors").exists():
+        print(f"building the {shape_name} models into {cache} …", flush=True)
+        make_tiny_models(cache, 0, shape=SHAPES[shape_name])
+    return cache / "embed", cache / "rerank"
+
+
+def timed(fn: Callable[[], object], repeat: int) -> list[float]:
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
+
+
+def bench_overhead(dsn: str, embedder, repeat: int) -> dict[str, float]:
+    """Direct backend calls and SQL calls interleaved, so both see the same load on a shared machine."""
+    instruction = TASK_PRESETS["memory"]
+    text = QUERIES[0]
+    direct: list[float] = []
+    sql: list[float] = []
+    with psycopg.connect(dsn) as conn:
+        def embed_sql() -> object:
+            return conn.execute("SELECT qwen_embed(%s, 'memory')", (text,), prepare=True).fetchone()
+
+        embed_sql()  # warm-up (connection, plan, server)
+        embedder.embed([text], instruction=instruction)
+        for _ in range(repeat):
+            direct += timed(lambda: embedder.embed([text], instruction=instruction), 1)
+            sql += timed(embed_sql, 1)
+    return {"direct": statistics.median(direct), "sql": statistics.median(sql),
+            "overhead": statistics.median(sql) - statistics.median(direct)}
+
+
+def bench_throughput(dsn: str, clients: int, per_client: int) -> float:
+    """Queries per second of `clients` sessions each calling qwen_embed `per_client` times."""
+    conns = [psycopg.connect(dsn, autocommit=True) for _ in range(clients)]
+    for c in conns:
+        c.execute("SELECT qwen_embed('warm-up', 'memory')").fetchone()
+    start = threading.Barrier(clients + 1)
+
+    def client(i: int, conn: psycopg.Connection) -> None:
+        start.wait()
+        for j in range(per_client):
+            conn.execute("SELECT qwen_embed(%s, 'memory')", (QUERIES[(i + j) % len(QUERIES)],)).fetchone()
+
+    threads = [threading.Thread(target=client, args=(i, c)) for i, c in enumerate(conns)]
+    for t in threads:
+        t.start()
+    start.wait()
+    started = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    for c in conns:
+        c.close()
+    return clients * per_client / elapsed
+
+
+def bench_rerank(dsn: str, repeat: int) -> dict[str, float]:
+    docs = [f"memory {i}: I mentioned topic number {i % 17} while talking about item {i}" for i in range(100)]
+    query = "what did I say about topic number 3"
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SELECT count(*) FROM qwen_rerank(%s, %s::text[])", (query, docs)).fetchone()
+        one = timed(lambda: conn.execute("SELECT count(*) FROM qwen_rerank(%s, %s::text[])",
+                                         (query, docs)).fetchone(), repeat)
+        scalar = timed(lambda: conn.execute("SELECT max(qwen_rerank(%s, d)) FROM unnest(%s::text[]) AS d",
+                                            (query, docs)).fetchone(), repeat)
+    return {"one_call": statistics.median(one), "scalar_calls": statistics.median(scalar)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="mid", help="model size for throughput/rerank")
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--per-client", type=int, default=4, help="qwen_embed calls per client")
+    parser.add_argument("--repeat", type=int, default=200, help="samples for the overhead median")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    base = Path(tempfile.mkdtemp(prefix="qwen-bench-"))
+    base.chmod(0o711)
+    server = embedded_db.EmbeddedServer(base / "pg")
+    info = server.start()
+    try:
+        extension_install.install_into_embedded(server, info.dsn)
+        with psycopg.connect(info.dsn, autocommit=True) as c:
+            c.execute("CREATE DATABASE bench")
+        dsn = embedded_db.dsn_for(info.socket_dir, info.port, "bench")
+        socket_path = base / "run" / "worker.sock"
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("CREATE EXTENSION qwen CASCADE")
+            c.execute(f"ALTER DATABASE bench SET qwen.worker_url = 'unix://{socket_path}'")
+            c.execute("ALTER DATABASE bench SET max_parallel_workers_per_gather = 0")
+
+        print(f"torch threads: {args.threads}; cores: {os.cpu_count()}; clients: {args.clients}")
+        tiny_embed, _ = models_for("tiny")
+        embedder = load_embedder(str(tiny_embed), device="cpu", dtype="float32")
+        with start_server(f"unix://{socket_path}", embedder):
+            o = bench_overhead(dsn, embedder, args.repeat)
+        print(f"qwen_embed overhead (tiny model): SQL {ms(o['sql'])} - direct {ms(o['direct'])} "
+              f"= {ms(o['overhead'])} (median of {args.repeat})")
+
+        embed_path, rerank_path = models_for(args.shape)
+        embedder = load_embedder(str(embed_path), device="cpu", dtype="float32")
+        reranker = load_reranker(str(rerank_path), device="cpu", dtype="float32")
+        rates = {}
+        for label, limits in (("micro-batching", BatchLimits()), ("no batching", BatchLimits(enabled=False))):
+            with start_server(f"unix://{socket_path}", embedder, reranker, limits=limits):
+                rates[label] = bench_throughput(dsn, args.clients, args.per_client)
+            print(f"{args.clients} clients, {args.shape} model, {label}: {rates[label]:.1f} qwen_embed/s", flush=True)
+        print(f"speed-up from micro-batching: {rates['micro-batching'] / rates['no batching']:.1f}x")
+
+        with start_server(f"unix://{socket_path}", embedder, reranker):
+            r = bench_rerank(dsn, max(3, args.repeat // 40))
+        print(f"qwen_rerank of 100 candidates ({args.shape} model): one call {ms(r['one_call'])}, "
+              f"100 scalar calls {ms(r['scalar_calls'])} ({r['scalar_calls'] / r['one_call']:.1f}x)")
+    finally:
+        server.stop(mode="immediate")
+
+
+if __name__ == "__main__":
+    main()
