@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 class WorkerConfig:
     dsn: str
     model: str
-    backend: str = "transformers"
+    backend: str | None = None  # None: the model's own (catalog short names), else transformers
     backend_options: dict[str, Any] = field(default_factory=dict)
     consumer: ConsumerOptions = field(default_factory=ConsumerOptions)
     listen: str | None = None
@@ -28,9 +28,11 @@ class WorkerConfig:
 
 
 def run_worker(config: WorkerConfig) -> int:
-    from .model import load_embedder, load_reranker
+    # the catalog's loaders also understand the offline short names ("tiny", "minilm")
+    from .model.catalog import load_named_embedder as load_embedder
+    from .model.catalog import load_named_reranker as load_reranker
 
-    log.info("loading %s with the %s backend", config.model, config.backend)
+    log.info("loading %s with the %s backend", config.model, config.backend or "default")
     embedder = load_embedder(config.model, config.backend, **config.backend_options)
     reranker = None
     if config.reranker_model:

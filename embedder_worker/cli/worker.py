@@ -24,7 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     dsn(p)
     p.add_argument("--model", required=True,
                    help="model name or path; the worker serves registrations made with this exact model text")
-    p.add_argument("--backend", default="transformers", help="transformers | vllm | sentence-transformers | remote")
+    p.add_argument("--backend", default=None,
+                   help="transformers | vllm | sentence-transformers | remote (default: the model's own, "
+                        "else transformers)")
     p.add_argument("--device", default=None, help="backend device (cpu, cuda, …)")
     p.add_argument("--dtype", default=None, help="backend dtype (float32, float16, bfloat16)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
