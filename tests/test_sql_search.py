@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import psycopg
 import pytest
@@ -9,6 +12,7 @@ from pgvector.psycopg import register_vector
 
 from embedder_worker.model.qwen3 import TASK_PRESETS
 from tests.fixtures.db import dsn_as
+from tests.queue_support import run_until_idle
 
 MEMORIES = [
     ("alice", "I live in Lisbon"), ("alice", "My cat is called Miso"), ("alice", "I am allergic to peanuts"),
@@ -185,3 +189,46 @@ def test_a_column_that_no_longer_matches_its_registration_is_an_error(memories):
     mismatch = r"memories.embedding is \S*vector\(32\), but its registration says vector\(64\)"
     with pytest.raises(psycopg.Error, match=mismatch):
         memories.execute("SELECT * FROM qwen_search('q')")
+
+
+# --- the documented memory example runs as written -------------------------------------------------------------------
+
+def _doc_blocks(language: str) -> list[str]:
+    text = (Path(__file__).parent.parent / "docs" / "MEMORY_EXAMPLE.md").read_text()
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
+
+
+def _for_tiny_models(block: str, tiny_models, tiny_embedder) -> str:
+    return (block.replace("'Qwen/Qwen3-Embedding-0.6B'", f"'{tiny_models.embed}'")
+                 .replace("dimensions => 1024", f"dimensions => {tiny_embedder.info.dimension}"))
+
+
+def test_the_memory_example_in_sql(worker_db, tiny_models, tiny_embedder):
+    schema, _alter_database, insert, search, two_stage, by_hand, _rls = _doc_blocks("sql")
+    with psycopg.connect(worker_db, autocommit=True) as c:
+        c.execute(_for_tiny_models(schema, tiny_models, tiny_embedder))
+        c.execute(insert)
+        run_until_idle(worker_db, tiny_embedder, model=str(tiny_models.embed))
+        alices = {b for (b,) in c.execute("SELECT body FROM memories WHERE user_id = 'alice'")}
+        for block in (search, two_stage, by_hand):  # alice has 3 memories, all recalled, nobody else's
+            cur = c.execute(block)
+            column = [d.name for d in cur.description].index("text" if block != by_hand else "body")
+            assert sorted(r[column] for r in cur.fetchall()) == sorted(alices)
+
+
+def test_the_memory_example_in_python(worker_db, tiny_models, tiny_embedder):
+    schema = _doc_blocks("sql")[0]
+    with psycopg.connect(worker_db, autocommit=True) as c:
+        c.execute(_for_tiny_models(schema, tiny_models, tiny_embedder))
+    namespace: dict = {}
+    exec(compile(_doc_blocks("python")[0], "MEMORY_EXAMPLE.md", "exec"), namespace)
+    store = namespace["MemoryStore"](worker_db)
+    try:
+        mine = store.remember("alice", "I moved to Lisbon in March")
+        store.remember("bob", "I live in Oslo")
+        run_until_idle(worker_db, tiny_embedder, model=str(tiny_models.embed))
+        for rerank in (False, True):
+            recalled = store.recall("alice", "Where does the user live?", k=3, rerank=rerank)
+            assert [(m.id, m.text) for m in recalled] == [(mine, "I moved to Lisbon in March")]
+    finally:
+        store.close()
