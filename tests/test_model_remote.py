@@ -104,3 +104,22 @@ def test_rerank_results_come_back_in_input_order(openai_stub, tiny_reranker):
 def test_unknown_backends_are_named_in_the_error():
     with pytest.raises(ValueError, match="unknown backend 'nope'"):
         load_embedder("m", backend="nope")
+
+
+def test_a_qwen_pg_worker_over_a_unix_socket_serves_the_same_vectors_and_scores(tmp_path, tiny_embedder,
+                                                                                 tiny_reranker):
+    from embedder_worker.server import start_server
+
+    handle = start_server(f"unix://{tmp_path}/worker.sock", tiny_embedder, tiny_reranker)
+    try:
+        url = f"unix://{tmp_path}/worker.sock"
+        remote = load_embedder(tiny_embedder.info.name, backend="remote", url=url, retries=0)
+        texts = ["hello", "北京是首都", "word " * 20]
+        np.testing.assert_allclose(remote.embed(texts, instruction=DEFAULT_TASK, dimensions=48).vectors,
+                                   tiny_embedder.embed(texts, instruction=DEFAULT_TASK, dimensions=48).vectors,
+                                   atol=1e-5)
+        reranker = load_reranker(tiny_reranker.info.name, backend="remote", url=url, retries=0)
+        np.testing.assert_allclose(reranker.rerank("q", texts, instruction="code").scores,
+                                   tiny_reranker.rerank("q", texts, instruction="code").scores, atol=1e-5)
+    finally:
+        handle.stop()

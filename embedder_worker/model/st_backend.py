@@ -114,12 +114,12 @@ class SentenceTransformersEmbedder:
         if not texts:
             return empty_embed_result(dimensions or self.info.dimension)
         prompt = self._prompt(instruction)
-        with self._lock:
+        with self._lock:  # the tokenizer is shared with encode(): count under the same lock
             vectors = self.st.encode(list(texts), prompt=prompt, batch_size=self.batch_size,
                                      convert_to_numpy=True, show_progress_bar=False)
+            truncated = self._count_truncated(texts, prompt)
         vectors = np.asarray(vectors, dtype=np.float32)
-        return EmbedResult(vectors=qwen3.matryoshka(vectors, dimensions),
-                           truncated=self._count_truncated(texts, prompt))
+        return EmbedResult(vectors=qwen3.matryoshka(vectors, dimensions), truncated=truncated)
 
 
 class SentenceTransformersReranker:
@@ -165,8 +165,8 @@ class SentenceTransformersReranker:
             # the model's own activation: sigmoid for one-logit heads, which is what yes−no logits need
             scores = self.ce.predict(pairs, batch_size=self.batch_size, show_progress_bar=False,
                                      convert_to_numpy=True, **options)
-        return RerankResult(scores=np.asarray(scores, dtype=np.float32).reshape(-1),
-                            truncated=self._count_truncated(query, documents, instruction))
+            truncated = self._count_truncated(query, documents, instruction)
+        return RerankResult(scores=np.asarray(scores, dtype=np.float32).reshape(-1), truncated=truncated)
 
 
 def load_embedder(model: str, **options: Any) -> SentenceTransformersEmbedder:

@@ -77,6 +77,9 @@ class _TransformersModel:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
         # one forward pass at a time: callers (queue consumer, request server) share this object across threads
         self._lock = threading.Lock()
+        # fast tokenizers raise "Already borrowed" when two threads change their truncation state at once; a lock
+        # of its own lets one thread tokenise while another runs the model
+        self.tokenize_lock = threading.Lock()
 
     def _forward_batches(self, ids: list[list[int]], run: Any) -> list[np.ndarray]:
         """Run `run(input_ids, attention_mask) -> np.ndarray (batch, ...)` over length-sorted batches and
@@ -116,8 +119,9 @@ class TransformersEmbedder(_TransformersModel):
         dimensions = qwen3.check_dimensions(dimensions, self.info.dimension)
         if not texts:
             return empty_embed_result(dimensions or self.info.dimension)
-        tokens = qwen3.tokenize_for_embedding(self.tokenizer, qwen3.embedding_inputs(texts, instruction),
-                                              self.max_length)
+        with self.tokenize_lock:
+            tokens = qwen3.tokenize_for_embedding(self.tokenizer, qwen3.embedding_inputs(texts, instruction),
+                                                  self.max_length)
         pooled = np.stack(self._forward_batches(tokens.ids, self._pool))
         return EmbedResult(vectors=qwen3.matryoshka(pooled, dimensions), truncated=tokens.truncated)
 
@@ -143,8 +147,9 @@ class TransformersReranker(_TransformersModel):
     def rerank(self, query: str, documents: Sequence[str], *, instruction: str | None = None) -> RerankResult:
         if not documents:
             return empty_rerank_result()
-        tokens = qwen3.tokenize_for_rerank(self.tokenizer, query, documents, self.max_length, instruction,
-                                           self.tokens)
+        with self.tokenize_lock:
+            tokens = qwen3.tokenize_for_rerank(self.tokenizer, query, documents, self.max_length, instruction,
+                                               self.tokens)
         yes_no = np.stack(self._forward_batches(tokens.ids, self._yes_no))
         return RerankResult(scores=qwen3.yes_no_scores(yes_no[:, 0], yes_no[:, 1]), truncated=tokens.truncated)
 
