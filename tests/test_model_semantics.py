@@ -179,3 +179,12 @@ def test_tiny_shape_keeps_head_dim_vllm_cpu_can_run():
 def test_the_vllm_backend_says_how_to_install_vllm_when_it_is_missing(tiny_models):
     with pytest.raises(ImportError, match=r"pip install 'qwen-pg\[vllm\]'"):
         load_embedder(str(tiny_models.embed), backend="vllm")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_stays_close_to_fp32(tiny_models, tiny_embedder, dtype):
+    texts = ["hello world", "北京是首都", "word " * 40]
+    half = load_embedder(str(tiny_models.embed), device="cpu", dtype=dtype).embed(texts).vectors
+    assert half.dtype == np.float32
+    cosine = np.sum(half * tiny_embedder.embed(texts).vectors, axis=1)
+    assert (cosine > 0.99).all()
