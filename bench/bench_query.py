@@ -9,22 +9,27 @@ Measures, on the embedded PostgreSQL with the request server on a unix socket (s
    (`BatchLimits(enabled=False)`: one request per forward pass) — goal ≥ 3× with a mid-size model;
 3. qwen_rerank of 100 candidates in one call vs 100 scalar qwen_rerank calls.
 Models are random Qwen3 models with the real tokenizer (no weights can be downloaded here): `tiny`
-(hidden 64, 2 layers) or `mid` (hidden 512, 8 layers, ≈ 100 M parameters with the 151k vocabulary);
-compute cost, not quality, is what matters for these numbers. The server runs in this process, as
-in `qwen-pg worker --listen`.
+(hidden 64, 2 layers), `small` (hidden 256, 4 layers) or `mid` (hidden 512, 8 layers; ≈ 25 M parameters
+besides the 151k-token embedding table);
+compute cost, not quality, is what matters for these numbers. The request server runs in a process of
+its own, as `qwen-pg worker --listen` does; the SQL clients are threads of this process.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import multiprocessing
 import os
 import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import psycopg
 
 from embedder_worker import embedded_db, extension_install
@@ -35,6 +40,8 @@ from embedder_worker.server import BatchLimits, start_server
 
 SHAPES = {
     "tiny": None,
+    "small": TinyShape(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                       head_dim=64, intermediate_size=768, initializer_range=0.02),
     "mid": TinyShape(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
                      head_dim=64, intermediate_size=1536, initializer_range=0.02),
 }
@@ -109,6 +116,49 @@ def bench_throughput(dsn: str, clients: int, per_client: int) -> float:
     return clients * per_client / elapsed
 
 
+def mean_batch_requests(socket_path: Path) -> float:
+    """Requests merged per embedding forward pass, from the server's /metrics."""
+    text = httpx.Client(transport=httpx.HTTPTransport(uds=str(socket_path))).get("http://w/metrics").text
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("qwen_server_batch_requests_") and 'kind="embedding"' in line:
+            values[line.split("{")[0]] = float(line.split()[-1])
+    count = values.get("qwen_server_batch_requests_count", 0.0)
+    return values.get("qwen_server_batch_requests_sum", 0.0) / count if count else 0.0
+
+
+def _serve(listen: str, embed_path: str, rerank_path: str | None, batching: bool, threads: int,
+           ready: Any, stop: Any) -> None:
+    """The worker side, in its own process (as `qwen-pg worker --listen` runs): its GIL is not shared
+    with the benchmark's client threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    embedder = load_embedder(embed_path, device="cpu", dtype="float32")
+    reranker = load_reranker(rerank_path, device="cpu", dtype="float32") if rerank_path else None
+    with start_server(listen, embedder, reranker, limits=BatchLimits(enabled=batching)):
+        ready.set()
+        stop.wait()
+
+
+@contextlib.contextmanager
+def worker_process(socket_path: Path, embed_path: Path, rerank_path: Path | None, *, batching: bool = True,
+                   threads: int = 1) -> Iterator[None]:
+    ctx = multiprocessing.get_context("spawn")
+    ready, stop = ctx.Event(), ctx.Event()
+    process = ctx.Process(target=_serve, args=(f"unix://{socket_path}", str(embed_path),
+                                               str(rerank_path) if rerank_path else None, batching, threads,
+                                               ready, stop))
+    process.start()
+    try:
+        if not ready.wait(600):
+            raise RuntimeError("the request server process did not start")
+        yield
+    finally:
+        stop.set()
+        process.join(60)
+
+
 def bench_rerank(dsn: str, repeat: int) -> dict[str, float]:
     docs = [f"memory {i}: I mentioned topic number {i % 17} while talking about item {i}" for i in range(100)]
     query = "what did I say about topic number 3"
@@ -151,22 +201,22 @@ def main() -> None:
         print(f"torch threads: {args.threads}; cores: {os.cpu_count()}; clients: {args.clients}")
         tiny_embed, _ = models_for("tiny")
         embedder = load_embedder(str(tiny_embed), device="cpu", dtype="float32")
-        with start_server(f"unix://{socket_path}", embedder):
+        with worker_process(socket_path, tiny_embed, None, threads=args.threads):
             o = bench_overhead(dsn, embedder, args.repeat)
         print(f"qwen_embed overhead (tiny model): SQL {ms(o['sql'])} - direct {ms(o['direct'])} "
               f"= {ms(o['overhead'])} (median of {args.repeat})")
 
         embed_path, rerank_path = models_for(args.shape)
-        embedder = load_embedder(str(embed_path), device="cpu", dtype="float32")
-        reranker = load_reranker(str(rerank_path), device="cpu", dtype="float32")
         rates = {}
-        for label, limits in (("micro-batching", BatchLimits()), ("no batching", BatchLimits(enabled=False))):
-            with start_server(f"unix://{socket_path}", embedder, reranker, limits=limits):
+        for label, batching in (("micro-batching", True), ("no batching", False)):
+            with worker_process(socket_path, embed_path, None, batching=batching, threads=args.threads):
                 rates[label] = bench_throughput(dsn, args.clients, args.per_client)
-            print(f"{args.clients} clients, {args.shape} model, {label}: {rates[label]:.1f} qwen_embed/s", flush=True)
+                per_pass = mean_batch_requests(socket_path)
+            print(f"{args.clients} clients, {args.shape} model, {label}: {rates[label]:.1f} qwen_embed/s "
+                  f"({per_pass:.1f} requests per forward pass)", flush=True)
         print(f"speed-up from micro-batching: {rates['micro-batching'] / rates['no batching']:.1f}x")
 
-        with start_server(f"unix://{socket_path}", embedder, reranker):
+        with worker_process(socket_path, embed_path, rerank_path, threads=args.threads):
             r = bench_rerank(dsn, max(3, args.repeat // 40))
         print(f"qwen_rerank of 100 candidates ({args.shape} model): one call {ms(r['one_call'])}, "
               f"100 scalar calls {ms(r['scalar_calls'])} ({r['scalar_calls'] / r['one_call']:.1f}x)")

@@ -15,7 +15,9 @@ text the backend would build. Only requests asking for the same `dimensions` sha
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -77,6 +79,9 @@ class EmbeddingBatcher:
         self._queue: deque[_Pending] = deque()
         self._wakeup: asyncio.Event | None = None
         self._runner: asyncio.Task[None] | None = None
+        # One thread: passes run one at a time anyway (the backend's lock), and a warm dedicated
+        # thread hands results back faster than the default pool.
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="qwen-embed")
 
     def start(self) -> None:
         """Start the runner on the current event loop (the server's lifespan calls this)."""
@@ -92,6 +97,7 @@ class EmbeddingBatcher:
             if not pending.future.done():
                 pending.future.set_exception(RuntimeError("the request server is shutting down"))
         self._queue.clear()
+        self._executor.shutdown(wait=False)
 
     async def embed(self, texts: Sequence[str], instruction: str | None, dimensions: int | None) -> BatchedEmbedding:
         if self._wakeup is None:
@@ -152,7 +158,8 @@ class EmbeddingBatcher:
         texts = [t for p in batch for t in p.texts]
         started = time.perf_counter()
         try:
-            result = await asyncio.to_thread(self._embedder.embed, texts, dimensions=batch[0].dimensions)
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._executor, functools.partial(self._embedder.embed, texts, dimensions=batch[0].dimensions))
         except Exception as exc:  # the error belongs to every request of the pass
             for p in batch:
                 if not p.future.done():
