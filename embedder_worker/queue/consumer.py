@@ -1,11 +1,11 @@
-"""The queue consumer: a pipeline that keeps the model busy while the database work happens beside it.
+"""The queue consumer: three threads, so the model never waits for the database and the database work
+of one batch overlaps the claim of the next.
 
-    main thread (database)             model thread
-    claim batch 1 ───────────────────► embed batch 1
-    claim batch 2 (prefetch)           │
-    wait ◄──────────────────────────── result 1
-    write back 1, claim batch 3 ─────► embed batch 2
-    …
+    claimer thread (connection 1)   model thread          writer / main thread (connection 2)
+    claim batch 1 ───────────────►  embed batch 1
+    claim batch 2 (prefetch)        │
+    claim batch 3 (waits: full)     └──► result 1 ──────►  write back 1 (compare-and-set)
+                                    embed batch 2 ─────►   …
 
 Claims and write-backs are short transactions of their own; no transaction is open while the model
 runs. Registrations are served round-robin, so a big backfill of one table never starves another.
@@ -13,7 +13,6 @@ runs. Registrations are served round-robin, so a big backfill of one table never
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -80,45 +79,56 @@ class Consumer:
         self._stop = threading.Event()
         self._to_model: queue.Queue[Claim | None] = queue.Queue()
         self._results: queue.Queue[EmbeddedBatch] = queue.Queue()
-        self._in_flight = 0
+        # batches claimed and not yet written back; the claimer waits while it is at the limit
+        self._pipeline = 0
+        self._pipeline_changed = threading.Condition()
+        self._claimer_idle = threading.Event()  # the last round over all targets found nothing to claim
         self._targets: list[Target] = []
         self._targets_read_at = 0.0
         self._next_target = 0
         self._heartbeat: Heartbeat | None = None
-        self._db = Reconnecting(dsn, name="consumer", stop=self._stop, on_reconnect=self._after_reconnect)
+        self._claim_db = Reconnecting(dsn, name="claimer", stop=self._stop, on_reconnect=self._claimer_reconnected)
+        self._write_db = Reconnecting(dsn, name="writer", stop=self._stop, on_reconnect=self._writer_reconnected)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def stop(self) -> None:
         """Graceful stop (SIGTERM): claim nothing more, finish the batch being embedded, release the rest."""
         self._stop.set()
+        with self._pipeline_changed:
+            self._pipeline_changed.notify_all()
 
     @property
     def worker_id(self) -> int | None:
         return self._heartbeat.worker_id if self._heartbeat else None
 
     def run(self) -> int:
+        """Serve until stopped (or, with exit_when_idle, until nothing is left); returns the exit status."""
         opts = self.options
         self._heartbeat = Heartbeat(self.dsn, model=self.model, backend=self.backend.info.backend,
                                     interval=opts.heartbeat_interval, stop=self._stop)
         self._heartbeat.start()
         maintenance = Maintenance(self.dsn, model=self.model, stop=self._stop, interval=opts.maintenance_interval)
         maintenance.start()
-        model_thread = threading.Thread(target=self._model_loop, name="qwen-model", daemon=True)
-        model_thread.start()
+        threads = [threading.Thread(target=self._model_loop, name="qwen-model", daemon=True),
+                   threading.Thread(target=self._claim_loop, name="qwen-claimer", daemon=True)]
         log.info("worker %s serving model %r", self.worker_id, self.model)
         try:
-            self._db.run(self._prepare, give_up_when_stopped=False)
-            self._database_loop(maintenance)
+            self._write_db.run(ensure_staging_table, give_up_when_stopped=False)
+            for thread in threads:
+                thread.start()
+            self._write_loop(maintenance)
         except Stopped:
             pass
         finally:
-            self._stop.set()
+            self.stop()
             self._to_model.put(None)
-            model_thread.join(timeout=60)
+            for thread in threads:
+                thread.join(timeout=60)
             maintenance.wake()
             self._heartbeat.stop()  # releases leases still held, removes the worker row
-            self._db.close()
+            self._claim_db.close()
+            self._write_db.close()
         log.info("worker %s stopped: %d rows embedded in %d batches, %d failures (%d parked)",
                  self.worker_id, self.stats.rows_done, self.stats.batches, self.stats.rows_failed,
                  self.stats.rows_parked)
@@ -139,69 +149,44 @@ class Consumer:
                                        errors=dict.fromkeys(range(len(batch)), f"{type(exc).__name__}: {exc}"))
             self._results.put(result)
 
-    # -- the database thread ---------------------------------------------------------------------
+    # -- the claimer thread ----------------------------------------------------------------------
 
-    def _prepare(self, conn: psycopg.Connection) -> None:
+    def _claimer_reconnected(self, conn: psycopg.Connection) -> None:
         conn.execute(f"LISTEN {CHANNEL}")
-        ensure_staging_table(conn)
-
-    def _after_reconnect(self, conn: psycopg.Connection) -> None:
-        self._prepare(conn)
         # a claim may have committed just before the connection died: give everything back (batches
         # still in the pipeline are written back all the same: the write-back needs no lease)
         if self.worker_id is not None:
             conn.execute("SELECT qwen.release(%s)", (self.worker_id,))
 
-    def _database_loop(self, maintenance: Maintenance) -> None:
-        opts = self.options
-        while True:
-            self._write_ready_results()
-            if self._stop.is_set():
-                self._release_prefetched()
-                if self._in_flight == 0:
-                    return
-                self._write(self._results.get())
-                continue
-            if self._in_flight < 1 + opts.prefetch:
+    def _claim_loop(self) -> None:
+        limit = 2 + self.options.prefetch  # one being embedded, one being written, `prefetch` waiting
+        try:
+            self._claim_db.run(lambda conn: conn.execute(f"LISTEN {CHANNEL}"))
+            while not self._stop.is_set():
+                with self._pipeline_changed:
+                    while self._pipeline >= limit and not self._stop.is_set():
+                        self._pipeline_changed.wait()
+                    if self._stop.is_set():
+                        return
                 batch = self._claim_next()
-                if batch is not None:
-                    self._in_flight += 1
-                    self._to_model.put(batch)
+                if batch is None:
+                    self._claimer_idle.set()
+                    self._wait_for_work(self.options.poll_interval)
                     continue
-            if self._in_flight > 0:
-                with contextlib.suppress(queue.Empty):
-                    self._write(self._results.get(timeout=0.5))
-                continue
-            maintenance.wake()
-            if opts.exit_when_idle and self._idle(maintenance):
-                log.info("nothing left to embed for model %r; exiting", self.model)
-                return
-            self._wait_for_work(opts.poll_interval)
-
-    def _write_ready_results(self) -> None:
-        while True:
-            try:
-                result = self._results.get_nowait()
-            except queue.Empty:
-                return
-            self._write(result)
-
-    def _release_prefetched(self) -> None:
-        """On stop, batches not yet given to the model are not embedded: their leases are released."""
-        while True:
-            try:
-                batch = self._to_model.get_nowait()
-            except queue.Empty:
-                return
-            if batch is None:
-                self._to_model.put(None)
-                return
-            self._in_flight -= 1
+                self._claimer_idle.clear()
+                with self._pipeline_changed:
+                    self._pipeline += 1
+                self._to_model.put(batch)
+        except Stopped:
+            return
+        except Exception:
+            log.exception("the claimer failed; stopping the worker")
+            self.stop()
 
     def _refresh_targets(self, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._targets_read_at >= self.options.targets_refresh:
-            self._targets = self._db.run(lambda conn: claims.served_targets(conn, self.model))
+            self._targets = self._claim_db.run(lambda conn: claims.served_targets(conn, self.model))
             self._targets_read_at = now
 
     def _claim_next(self) -> Claim | None:
@@ -210,45 +195,12 @@ class Consumer:
         targets = self._targets
         for step in range(len(targets)):
             index = (self._next_target + step) % len(targets)
-            batch = self._db.run(lambda conn, t=targets[index]: claims.claim(
+            batch = self._claim_db.run(lambda conn, t=targets[index]: claims.claim(
                 conn, t, self.worker_id, self.options.batch_size, self.options.lease))
             if batch is not None:
                 self._next_target = index + 1
                 return batch
         return None
-
-    def _write(self, result: EmbeddedBatch) -> None:
-        self._in_flight -= 1
-        retry = self.options.retry
-        try:
-            outcome = self._db.run(lambda conn: write_back(conn, result, self.worker_id, retry),
-                                   give_up_when_stopped=False)
-        except Stopped:
-            raise
-        except Exception as exc:  # e.g. the table or column went away: record it on the entries
-            log.exception("write-back failed for registration %s", result.claim.target.registration_id)
-            message = f"write-back failed: {type(exc).__name__}: {exc}"
-            failed = EmbeddedBatch(claim=result.claim, vectors=result.vectors,
-                                   errors=dict.fromkeys(range(len(result.claim)), message))
-            try:
-                self._db.run(lambda conn: record_failures(conn, failed, self.worker_id, retry))
-            except Exception:
-                log.exception("could not record the failure; the leases will expire")
-            return
-        self.stats.batches += 1
-        self.stats.rows_done += outcome.done
-        self.stats.rows_failed += outcome.failed
-        self.stats.rows_parked += outcome.parked
-        self.stats.truncated += result.truncated
-
-    def _idle(self, maintenance: Maintenance) -> bool:
-        """Nothing queued, backing off or in flight for this model, and no index build or swap left."""
-        if self._db.run(lambda conn: claims.pending_count(conn, self.model)) > 0:
-            return False
-        if not maintenance.run_pass():
-            return False
-        self._refresh_targets(force=True)
-        return self._db.run(lambda conn: claims.pending_count(conn, self.model)) == 0
 
     def _wait_for_work(self, timeout: float) -> None:
         """Sleep until a NOTIFY on the queue channel, the poll interval, or a stop request."""
@@ -257,8 +209,80 @@ class Consumer:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            wait = min(left, 0.5)
-            got = self._db.run(lambda conn, wait=wait: list(conn.notifies(timeout=wait, stop_after=1)))
+            wait = min(left, 0.25)
+            got = self._claim_db.run(lambda conn, wait=wait: list(conn.notifies(timeout=wait, stop_after=1)))
             if got:
                 self._refresh_targets(force=True)
                 return
+
+    # -- the writer (main) thread ----------------------------------------------------------------
+
+    def _writer_reconnected(self, conn: psycopg.Connection) -> None:
+        ensure_staging_table(conn)
+
+    def _write_loop(self, maintenance: Maintenance) -> None:
+        while True:
+            if self._stop.is_set():
+                self._release_prefetched()
+                if self._pipeline == 0:
+                    return
+            try:
+                result = self._results.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop.is_set() or self._pipeline > 0 or not self._claimer_idle.is_set():
+                    continue
+                maintenance.wake()
+                if self.options.exit_when_idle and self._idle(maintenance):
+                    log.info("nothing left to embed for model %r; exiting", self.model)
+                    return
+                continue
+            self._write(result)
+
+    def _finished_one(self) -> None:
+        with self._pipeline_changed:
+            self._pipeline -= 1
+            self._pipeline_changed.notify_all()
+
+    def _release_prefetched(self) -> None:
+        """On stop, batches the model has not started are not embedded: their leases are released
+        (by the worker's sign-off) and they leave the pipeline."""
+        while True:
+            try:
+                batch = self._to_model.get_nowait()
+            except queue.Empty:
+                return
+            if batch is None:
+                self._to_model.put(None)
+                return
+            self._finished_one()
+
+    def _write(self, result: EmbeddedBatch) -> None:
+        retry = self.options.retry
+        try:
+            outcome = self._write_db.run(lambda conn: write_back(conn, result, self.worker_id, retry),
+                                         give_up_when_stopped=False)
+        except Exception as exc:  # e.g. the table or column went away: record it on the entries
+            log.exception("write-back failed for registration %s", result.claim.target.registration_id)
+            message = f"write-back failed: {type(exc).__name__}: {exc}"
+            failed = EmbeddedBatch(claim=result.claim, vectors=result.vectors,
+                                   errors=dict.fromkeys(range(len(result.claim)), message))
+            try:
+                self._write_db.run(lambda conn: record_failures(conn, failed, self.worker_id, retry))
+            except Exception:
+                log.exception("could not record the failure; the leases will expire")
+            return
+        finally:
+            self._finished_one()
+        self.stats.batches += 1
+        self.stats.rows_done += outcome.done
+        self.stats.rows_failed += outcome.failed
+        self.stats.rows_parked += outcome.parked
+        self.stats.truncated += result.truncated
+
+    def _idle(self, maintenance: Maintenance) -> bool:
+        """Nothing queued, backing off or in flight for this model, and no index build or swap left."""
+        if self._write_db.run(lambda conn: claims.pending_count(conn, self.model)) > 0:
+            return False
+        if not maintenance.run_pass():
+            return False
+        return self._write_db.run(lambda conn: claims.pending_count(conn, self.model)) == 0

@@ -399,7 +399,7 @@ BEGIN
     END IF;
     RETURN QUERY EXECUTE format($q$
         WITH picked AS (
-            SELECT q.key FROM qwen.queue q
+            SELECT q.ctid AS row_id FROM qwen.queue q
             WHERE q.registration_id = $1 AND q.target = $2 AND q.failed_at IS NULL
               AND q.not_before <= clock_timestamp()
               AND (q.leased_by IS NULL OR q.lease_until < clock_timestamp() OR NOT qwen._worker_alive(q.leased_by))
@@ -410,7 +410,7 @@ BEGIN
             UPDATE qwen.queue q
                SET leased_by = $3, lease_until = clock_timestamp() + $5, attempts = q.attempts + 1
               FROM picked p
-             WHERE q.registration_id = $1 AND q.target = $2 AND q.key = p.key
+             WHERE q.ctid = p.row_id  -- locked above, so it cannot move; immune to stale queue statistics
             RETURNING q.key, q.version
         )
         SELECT l.key, l.version, t.%1$I::text, md5(t.%1$I::text), $6, $7
@@ -434,6 +434,10 @@ CREATE FUNCTION qwen.write_back(p_registration int, p_target smallint, p_worker 
 RETURNS TABLE (written bigint, done bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+-- a batch is a few hundred rows: look each one up by key. A hash join would scan the whole table (and
+-- the whole queue) once per batch, which makes a backfill quadratic.
+SET enable_hashjoin = off
+SET enable_mergejoin = off
 AS $$
 DECLARE
     r qwen.registrations;
@@ -466,16 +470,26 @@ BEGIN
                        key_match, r.text_column);
         GET DIAGNOSTICS n_written = ROW_COUNT;
         PERFORM set_config('qwen_sync.writeback', '', true);
-        EXECUTE format('DELETE FROM qwen.queue q USING pg_temp.qwen_writeback w
-                        WHERE q.registration_id = $1 AND q.target = $2 AND q.key = w.key AND q.version = w.version
-                          AND NOT EXISTS (SELECT 1 FROM %s t WHERE %s AND md5(t.%I::text) IS DISTINCT FROM w.body_hash)',
+        -- entries are found from the staged rows, one primary-key probe each, and deleted by ctid: the
+        -- queue's statistics are often stale (it fills and drains fast) and must not pick the plan. An
+        -- entry updated meanwhile (a new version) has another ctid and is left alone.
+        EXECUTE format('DELETE FROM qwen.queue q WHERE q.ctid = ANY (ARRAY(
+                            SELECT (SELECT q2.ctid FROM qwen.queue q2
+                                    WHERE q2.registration_id = $1 AND q2.target = $2 AND q2.key = w.key
+                                      AND q2.version = w.version)
+                            FROM pg_temp.qwen_writeback w
+                            WHERE NOT EXISTS (SELECT 1 FROM %s t WHERE %s AND md5(t.%I::text) IS DISTINCT FROM w.body_hash)))',
                        r.source, key_match, r.text_column)
         USING p_registration, tgt;
         GET DIAGNOSTICS n_done = ROW_COUNT;
     END IF;
-    UPDATE qwen.queue q SET leased_by = NULL, lease_until = NULL
-      FROM pg_temp.qwen_writeback w
-     WHERE q.registration_id = p_registration AND q.key = w.key AND q.leased_by = p_worker;
+    -- release what is left (rows changed since the claim); usually nothing, and then no query at all:
+    -- the leased_by index keeps entries of deleted rows until vacuum, so scanning it grows with the backlog
+    IF n_done < (SELECT count(*) FROM pg_temp.qwen_writeback) THEN
+        UPDATE qwen.queue q SET leased_by = NULL, lease_until = NULL
+          FROM pg_temp.qwen_writeback w
+         WHERE q.registration_id = p_registration AND q.key = w.key AND q.leased_by = p_worker;
+    END IF;
     UPDATE qwen.workers w SET rows_done = w.rows_done + n_done, batches_done = w.batches_done + 1
      WHERE w.id = p_worker;
     RETURN QUERY SELECT n_written, n_done;

@@ -1,0 +1,185 @@
+"""Throughput of the sync pipeline (INSERT → trigger → queue → worker → vectors written back).
+
+Two measurements, each against a reference:
+1. end to end with a real (random, mid-size) Qwen3 embedder: rows/s from the INSERT until every row is
+   embedded, vs the same backend embedding the same texts alone (goal: ratio >= 0.9 — the database work
+   hides behind the model);
+2. the database path alone, with a zero-cost embedding stub: rows/s through claim + write-back, vs a
+   plain binary COPY of the same vectors into the same table (goal: >= 0.5 of COPY's rate).
+
+Usage:
+    .venv/bin/python bench/bench_pipeline.py [--dsn DSN] [--rows 2000] [--db-rows 20000] [--dims 1024]
+        [--batch-size 64] [--db-batch-sizes 64 256] [--threads 1] [--tokens 64]
+
+Without --dsn a private embedded PostgreSQL is started in a temporary directory. Prints a Markdown report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import psycopg  # noqa: E402
+from pgvector.psycopg import register_vector  # noqa: E402
+
+from embedder_worker.model.backend import EmbedResult, ModelInfo  # noqa: E402
+from embedder_worker.queue import Consumer, ConsumerOptions  # noqa: E402
+
+
+class StubEmbedder:
+    """Zero-cost embeddings: slices of a precomputed pool of unit vectors."""
+
+    def __init__(self, dims: int, pool: int = 4096, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        vectors = rng.standard_normal((pool, dims)).astype(np.float32)
+        self.pool = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        self.info = ModelInfo(name="bench/stub", kind="embedding", backend="stub", dimension=dims, max_length=8192)
+        self._next = 0
+
+    def embed(self, texts, *, instruction=None, dimensions=None) -> EmbedResult:
+        n = len(texts)
+        start = self._next % (len(self.pool) - n) if n < len(self.pool) else 0
+        self._next += n
+        return EmbedResult(vectors=self.pool[start:start + n], truncated=0)
+
+
+def fresh_database(admin_dsn: str, name: str) -> str:
+    from psycopg.conninfo import make_conninfo
+
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+    dsn = make_conninfo(admin_dsn, dbname=name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION qwen CASCADE")
+    return dsn
+
+
+def options(batch_size: int) -> ConsumerOptions:
+    return ConsumerOptions(batch_size=batch_size, prefetch=1, poll_interval=0.05, heartbeat_interval=1.0,
+                           maintenance_interval=30.0, targets_refresh=1.0, exit_when_idle=True)
+
+
+def pipeline_rate(dsn: str, backend, texts: list[str], dims: int, batch_size: int) -> float:
+    """rows/s from the start of the INSERT until the worker has written every vector back."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS docs")
+        conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+        conn.execute("SELECT qwen_register('docs', 'body', model => %s, dimensions => %s, index_mode => 'none')",
+                     (backend.info.name, dims))
+        start = time.perf_counter()
+        with conn.cursor() as cur, cur.copy("COPY docs (id, body) FROM STDIN") as copy:
+            for i, text in enumerate(texts):
+                copy.write_row((i, text))
+        inserted = time.perf_counter()
+        Consumer(dsn, backend, options=options(batch_size)).run()
+        if os.environ.get("QWEN_BENCH_VERBOSE"):
+            print(f"  (insert {inserted - start:.2f}s, worker {time.perf_counter() - inserted:.2f}s)", file=sys.stderr)
+        elapsed = time.perf_counter() - start
+        missing = conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone()[0]
+        if missing:
+            raise RuntimeError(f"{missing} rows were not embedded")
+        conn.execute("SELECT qwen_unregister('docs')")
+    return len(texts) / elapsed
+
+
+def copy_rate(dsn: str, vectors: np.ndarray, texts: list[str]) -> float:
+    """rows/s of a plain binary COPY of the same (id, text, vector) rows into the same table shape."""
+    dims = vectors.shape[1]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        register_vector(conn)
+        conn.execute("DROP TABLE IF EXISTS docs_copy")
+        conn.execute(f"CREATE TABLE docs_copy (id bigint PRIMARY KEY, body text, embedding vector({dims}))")
+        start = time.perf_counter()
+        with conn.cursor() as cur, cur.copy("COPY docs_copy (id, body, embedding) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["int8", "text", "vector"])
+            for i, text in enumerate(texts):
+                copy.write_row((i, text, vectors[i % len(vectors)]))
+        elapsed = time.perf_counter() - start
+        conn.execute("DROP TABLE docs_copy")
+    return len(texts) / elapsed
+
+
+def backend_rate(backend, texts: list[str], batch_size: int) -> float:
+    start = time.perf_counter()
+    for i in range(0, len(texts), batch_size):
+        backend.embed(texts[i:i + batch_size])
+    return len(texts) / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dsn", default=None, help="a database server (default: a private embedded one)")
+    parser.add_argument("--rows", type=int, default=2000, help="rows for the end-to-end run with the model")
+    parser.add_argument("--db-rows", type=int, default=20000, help="rows for the database-path run with the stub")
+    parser.add_argument("--dims", type=int, default=1024, help="vector size of the stub run")
+    parser.add_argument("--tokens", type=int, default=64, help="tokens per text in the model run")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--db-batch-sizes", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--skip-model", action="store_true", help="only the database-path measurement")
+    args = parser.parse_args(argv)
+
+    from bench_backend import bench_model, cpu_name, texts_of_length
+
+    server = None
+    tmp = tempfile.TemporaryDirectory(prefix="qwen-bench-")
+    admin_dsn = args.dsn
+    if admin_dsn is None:
+        from embedder_worker import embedded_db, extension_install
+
+        server = embedded_db.EmbeddedServer(Path(tmp.name) / "pg")
+        admin_dsn = server.start().dsn
+        extension_install.install_into_embedded(server, admin_dsn)
+    try:
+        dsn = fresh_database(admin_dsn, "qwen_bench_pipeline")
+        print(f"# Pipeline benchmark — {cpu_name()}, {os.cpu_count()} CPUs, Python {platform.python_version()}\n")
+
+        if not args.skip_model:
+            import torch
+            from transformers import AutoTokenizer
+
+            from embedder_worker.model import load_embedder
+
+            torch.set_num_threads(args.threads)
+            model_dir = bench_model(None, seed=0)
+            backend = load_embedder(str(model_dir), backend="transformers", device="cpu", dtype="float32")
+            texts = texts_of_length(AutoTokenizer.from_pretrained(str(model_dir)), args.tokens, args.rows)
+            backend.embed(texts[:8])  # warm-up
+            alone = backend_rate(backend, texts, args.batch_size)
+            piped = pipeline_rate(dsn, backend, texts, backend.info.dimension, args.batch_size)
+            print(f"## End to end (mid-size random Qwen3, hidden {backend.info.dimension}, torch threads "
+                  f"{args.threads}, {args.rows} rows x {args.tokens} tokens, batch {args.batch_size})\n")
+            print("| path | rows/s | ratio |\n|---|---:|---:|")
+            print(f"| backend alone (same texts, same batches) | {alone:,.0f} | 1.00 |")
+            print(f"| INSERT → trigger → queue → worker → written | {piped:,.0f} | {piped / alone:.2f} |\n")
+
+        stub = StubEmbedder(args.dims)
+        texts = [f"row {i} " + "lorem ipsum " * 8 for i in range(args.db_rows)]
+        reference = copy_rate(dsn, stub.pool, texts)
+        print(f"## Database path alone (zero-cost stub, {args.dims} dims, {args.db_rows:,} rows)\n")
+        print("| path | rows/s | vs COPY |\n|---|---:|---:|")
+        print(f"| binary COPY of (id, text, vector) | {reference:,.0f} | 1.00 |")
+        for batch in args.db_batch_sizes:
+            rate = pipeline_rate(dsn, stub, texts, args.dims, batch)
+            print(f"| INSERT → queue → worker (batch {batch}) → written | {rate:,.0f} | {rate / reference:.2f} |")
+        print()
+    finally:
+        if server is not None:
+            server.stop(mode="fast")
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
