@@ -45,16 +45,31 @@ def _make(args: list[str], cwd: Path) -> None:
         raise ExtensionBuildError(f"building the qwen extension failed:\n{tail}{hint}")
 
 
+def _scratch_copy(build: Path) -> None:
+    """Build in a scratch copy: the source tree stays clean and concurrent builds cannot collide."""
+    root = source_root()
+    shutil.copytree(root / "extension", build / "extension", ignore=shutil.ignore_patterns("*.o", "*.so", "*.bc"))
+    shutil.copytree(root / "sql", build / "sql")
+
+
+def build_install_script(version: str, pg_config: Path | str | None = None) -> str:
+    """The extension's install script for the current version, exactly as `make` builds it."""
+    pg_config = str(pg_config or embedded_db.pg_config_path())
+    with tempfile.TemporaryDirectory(prefix="qwen-ext-sql-") as tmp:
+        build = Path(tmp)
+        _scratch_copy(build)
+        name = f"qwen--{version}.sql"
+        _make([f"PG_CONFIG={pg_config}", name], build / "extension")
+        return (build / "extension" / name).read_text(encoding="utf-8")
+
+
 def build_and_install(pg_config: Path | str, prefix: Path | None = None) -> None:
-    """Build in a scratch copy (the source tree stays clean and concurrent builds cannot collide)."""
     pg_config = str(pg_config)
     if shutil.which(pg_config) is None and not Path(pg_config).exists():
         raise ExtensionBuildError(f"pg_config not found: {pg_config}")
-    root = source_root()
     with tempfile.TemporaryDirectory(prefix="qwen-ext-build-") as tmp:
         build = Path(tmp)
-        shutil.copytree(root / "extension", build / "extension", ignore=shutil.ignore_patterns("*.o", "*.so", "*.bc"))
-        shutil.copytree(root / "sql", build / "sql")
+        _scratch_copy(build)
         args = [f"PG_CONFIG={pg_config}"]
         _make([*args, "clean"], build / "extension")
         _make(args, build / "extension")

@@ -1,7 +1,7 @@
 """The qwen SQL schema from its one source (`sql/src/*.sql`), for the two ways it reaches a database.
 
 - As the extension: the extension Makefile concatenates the sources into `qwen--<version>.sql`.
-- Without the C module (managed clouds where only pgvector is allowed): `render_script(c_module=False)`
+- Without the C module (managed clouds where only pgvector is allowed): `render_script()`
   swaps `sql/src/10_module.sql` for `sql/nocext/10_module.sql` (same signatures, each raising a clear
   "unavailable" error), fills in the schemas that CREATE EXTENSION would fill in, and drops the
   statements that only an extension script may run. `qwen-pg db install-sql` and the Alembic
@@ -46,17 +46,54 @@ def source_files(c_module: bool) -> list[Path]:
     return [replacements.get(p.name, p) for p in files]
 
 
-def render_script(*, schema: str = "public", vector_schema: str = "public", c_module: bool = False) -> str:
-    """The install script of the current version with the placeholders CREATE EXTENSION would fill."""
-    parts = []
-    for path in source_files(c_module):
-        text = path.read_text(encoding="utf-8")
-        if not c_module:
-            text = _EXTENSION_ONLY.sub("", text)
-        parts.append(f"-- ---- {path.name}\n{text}")
-    script = "\n".join(parts)
+def released_dir() -> Path:
+    return sql_dir() / "released"
+
+
+def released_versions() -> list[str]:
+    """Versions whose install scripts are frozen in sql/released/ (oldest first)."""
+    found = [p.name[len("qwen--"):-len(".sql")] for p in released_dir().glob("qwen--*.sql")
+             if not p.name.endswith(SQL_ONLY_SUFFIX)]
+    return sorted(found, key=lambda v: tuple(int(x) for x in v.split(".")))
+
+
+SQL_ONLY_SUFFIX = ".sqlonly.sql"
+
+
+def sql_only_template(version: str | None = None) -> str:
+    """The SQL-only install script with its schema placeholders still in: built from the sources for
+    the current version, read from its frozen copy for a released one (history does not change)."""
+    if version is None or version == current_version():
+        parts = []
+        for path in source_files(c_module=False):
+            parts.append(f"-- ---- {path.name}\n{_EXTENSION_ONLY.sub('', path.read_text(encoding='utf-8'))}")
+        return "\n".join(parts)
+    frozen = released_dir() / f"qwen--{version}{SQL_ONLY_SUFFIX}"
+    if not frozen.exists():
+        raise SQLInstallError(f"qwen {version} is not a released version (no {frozen.name})")
+    return frozen.read_text(encoding="utf-8")
+
+
+def render_script(version: str | None = None, *, schema: str = "public", vector_schema: str = "public") -> str:
+    """The SQL-only install script with the placeholders filled as CREATE EXTENSION would fill them."""
+    script = sql_only_template(version)
     script = script.replace("@extschema:vector@", _quote_ident(vector_schema))
     return script.replace("@extschema@", _quote_ident(schema))
+
+
+def freeze(version: str | None = None) -> list[Path]:
+    """Release the current version: write its extension and SQL-only install scripts to sql/released/.
+    A released script never changes again; the next change to sql/src needs a new version and an
+    upgrade script (docs/DEVELOPING.md)."""
+    from .extension_install import build_install_script
+
+    version = version or current_version()
+    released_dir().mkdir(exist_ok=True)
+    ext = released_dir() / f"qwen--{version}.sql"
+    ext.write_text(build_install_script(version), encoding="utf-8")
+    only = released_dir() / f"qwen--{version}{SQL_ONLY_SUFFIX}"
+    only.write_text(sql_only_template(version), encoding="utf-8")
+    return [ext, only]
 
 
 def _quote_ident(name: str) -> str:
@@ -91,9 +128,9 @@ def installed_version(conn: psycopg.Connection) -> str | None:
     return conn.execute(sql.SQL("SELECT {}").format(sql.SQL(row[0]))).fetchone()[0]
 
 
-def install_sql(conn: psycopg.Connection, *, schema: str = "public") -> str:
+def install_sql(conn: psycopg.Connection, *, schema: str = "public", version: str | None = None) -> str:
     """Install the SQL-only qwen schema in one transaction; returns the version. Idempotent per version."""
-    version = current_version()
+    version = version or current_version()
     with conn.transaction():
         ext = conn.execute("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'qwen'").fetchone()
         if ext is not None:
@@ -114,7 +151,7 @@ def install_sql(conn: psycopg.Connection, *, schema: str = "public") -> str:
             "SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n "
             "ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
         ).fetchone()[0]
-        conn.execute(render_script(schema=schema, vector_schema=vector_schema, c_module=False))
+        conn.execute(render_script(version, schema=schema, vector_schema=vector_schema))
     return version
 
 
@@ -135,3 +172,12 @@ def uninstall_sql(conn: psycopg.Connection, *, schema: str = "public") -> None:
         for (signature,) in rows:
             conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {} CASCADE").format(sql.SQL(signature)))
         conn.execute("DROP SCHEMA IF EXISTS qwen CASCADE")
+
+
+if __name__ == "__main__":  # python -m embedder_worker.sql_install freeze
+    import sys
+
+    if sys.argv[1:] != ["freeze"]:
+        raise SystemExit("usage: python -m embedder_worker.sql_install freeze")
+    for written in freeze():
+        print(f"wrote {written}")

@@ -61,7 +61,7 @@ def test_uninstall_removes_the_schema_and_functions_but_keeps_the_data(plain):
 
 
 def test_script_has_no_extension_only_statements_or_placeholders():
-    script = sql_install.render_script(c_module=False)
+    script = sql_install.render_script()
     assert "@extschema" not in script
     assert "pg_extension_config_dump" not in script
     assert "MODULE_PATHNAME" not in script

@@ -40,7 +40,7 @@ def upgrade() -> None:
     else:
         from embedder_worker import sql_install
 
-        sql_install.install_sql(_psycopg_connection())
+        sql_install.install_sql(_psycopg_connection(), version="0.1.0")
 
 
 def downgrade() -> None:
