@@ -113,6 +113,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     full_dim int := qwen._model_dimension(p_model);
+    min_dim int;
 BEGIN
     IF p_model IS NULL OR btrim(p_model) = '' THEN
         RAISE EXCEPTION 'model must not be empty' USING HINT = 'Pass the model name the worker loads, e.g. ''Qwen/Qwen3-Embedding-0.6B''.';
@@ -127,6 +128,16 @@ BEGIN
     IF p_dimensions < 1 OR p_dimensions > 16000 THEN
         RAISE EXCEPTION 'dimensions must be between 1 and 16000, got %', p_dimensions
             USING HINT = 'Qwen3 embedding models support Matryoshka dimensions from 32 up to their full size.';
+    END IF;
+    -- a known model's Matryoshka floor: below it the worker could only fail every row, later
+    SELECT m.min_dimension INTO min_dim FROM qwen.models m
+    WHERE m.model = p_model
+       OR lower(regexp_replace(m.model, '^.*/', '')) = lower(regexp_replace(rtrim(p_model, '/'), '^.*/', ''))
+    ORDER BY m.model = p_model DESC
+    LIMIT 1;
+    IF full_dim IS NOT NULL AND p_dimensions < min_dim THEN
+        RAISE EXCEPTION 'model "%" supports % to % dimensions, got %', p_model, min_dim, full_dim, p_dimensions
+            USING HINT = format('Pass dimensions between %s and %s (Matryoshka truncation).', min_dim, full_dim);
     END IF;
     IF full_dim IS NOT NULL AND p_dimensions > full_dim THEN
         RAISE EXCEPTION 'model "%" produces % dimensions, cannot store %', p_model, full_dim, p_dimensions
@@ -155,14 +166,20 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT quote_ident('@extschema:vector@') $$;
 
--- The HNSW cosine index of a registration's vector column.
+CREATE FUNCTION qwen._can_index_concurrently(p_source regclass) RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT c.relkind <> 'p' FROM pg_class c WHERE c.oid = p_source $$;
+
+-- The HNSW cosine index of a registration's vector column. A partitioned table cannot be indexed
+-- CONCURRENTLY (PostgreSQL refuses it), so its index is built in one plain statement.
 CREATE FUNCTION qwen._index_ddl(p_source regclass, p_column name, p_vector_type text, p_index name,
                                 p_concurrently boolean) RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT format('CREATE INDEX %s IF NOT EXISTS %I ON %s USING hnsw (%I %s.%s)',
-                  CASE WHEN p_concurrently THEN 'CONCURRENTLY' ELSE '' END,
+                  CASE WHEN p_concurrently AND qwen._can_index_concurrently(p_source) THEN 'CONCURRENTLY' ELSE '' END,
                   p_index, p_source, p_column, qwen._vector_schema(),
                   CASE p_vector_type WHEN 'halfvec' THEN 'halfvec_cosine_ops' ELSE 'vector_cosine_ops' END)
 $$;
@@ -205,6 +222,10 @@ BEGIN
     SELECT * INTO rel FROM pg_class c WHERE c.oid = source;
     IF rel.relkind NOT IN ('r', 'p') THEN
         RAISE EXCEPTION '"%" is not a table', source USING HINT = 'Register a plain or partitioned table.';
+    END IF;
+    IF rel.relpersistence = 't' THEN
+        RAISE EXCEPTION '% is a temporary table', source
+            USING HINT = 'The worker reads and writes in its own sessions, which cannot see temporary tables: register a permanent or unlogged table.';
     END IF;
     IF NOT pg_has_role(current_user, rel.relowner, 'USAGE') THEN
         RAISE EXCEPTION 'must be owner of table % to register it', source

@@ -420,17 +420,18 @@ BEGIN
 END
 $$;
 
--- The write-back of one claimed batch, staged by the worker in pg_temp.qwen_writeback
--- (key, version, body_hash, vec) with a binary COPY. In one transaction:
---   1. vectors go to the rows whose text still hashes to what was embedded (rows locked first, in the
---      same order as a writer's UPDATE then its trigger, so the two cannot deadlock);
+-- The write-back of one claimed batch, passed as parallel arrays (keys as text[] literals, the claim's
+-- versions and text hashes, the vectors; a NULL vector clears the row's vector). In one transaction:
+--   1. vectors go to the rows whose text still hashes to what was embedded (rows locked first, in key
+--      order, as a writer's UPDATE and then its trigger do, so the two cannot deadlock);
 --   2. queue entries go away only where nothing newer replaced them (same version) and the row's text
 --      is the one embedded (or the row is gone);
 --   3. this worker's leases on the rest are released, so they are claimable at once.
 -- p_model/p_dimensions say what produced the vectors; work of an outdated configuration (a swap by
 -- qwen_alter happened meanwhile) is dropped, not written.
 CREATE FUNCTION qwen.write_back(p_registration int, p_target smallint, p_worker bigint,
-                                p_model text, p_dimensions int)
+                                p_model text, p_dimensions int, p_keys text[], p_versions bigint[],
+                                p_hashes text[], p_vectors @extschema:vector@.vector[])
 RETURNS TABLE (written bigint, done bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -447,6 +448,7 @@ DECLARE
     n_written bigint := 0;
     n_done bigint := 0;
     key_match text;
+    staged text;
 BEGIN
     SELECT * INTO r FROM qwen.registrations x WHERE x.id = p_registration;
     IF FOUND THEN
@@ -458,37 +460,40 @@ BEGIN
     END IF;
     IF col IS NOT NULL THEN
         key_match := qwen._key_match(r.key_columns, r.key_types, 't', 'w.key');
-        -- lock the rows in key order first: writers touching several rows in key order cannot deadlock with us
-        EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s t JOIN pg_temp.qwen_writeback w ON %s
-                        ORDER BY %s FOR UPDATE OF t) locked',
-                       r.source, key_match,
-                       (SELECT string_agg(format('t.%I', c), ', ') FROM unnest(r.key_columns) AS c));
+        -- The batch in key order drives a nested loop over the primary key index, so rows are locked in
+        -- key order, as a writer's multi-row UPDATE by key does: the two do not deadlock (and if a writer
+        -- locks in another order, the worker retries the write-back).
+        staged := format('(SELECT u.key_literal::text[] AS key, u.version, u.body_hash, u.vec
+                           FROM unnest($1, $2, $3, $4) AS u(key_literal, version, body_hash, vec) ORDER BY %s) w',
+                         (SELECT string_agg(format('(u.key_literal::text[])[%s]::%s', i, t), ', ' ORDER BY i)
+                          FROM unnest(r.key_types) WITH ORDINALITY AS k(t, i)));
         PERFORM set_config('qwen_sync.writeback', 'on', true);
-        EXECUTE format('UPDATE %s t SET %I = w.vec%s FROM pg_temp.qwen_writeback w
+        EXECUTE format('UPDATE %s t SET %I = w.vec%s FROM %s
                         WHERE %s AND md5(t.%I::text) IS NOT DISTINCT FROM w.body_hash',
                        r.source, col, CASE WHEN vtype = 'halfvec' THEN '::' || qwen._vector_schema() || '.halfvec' ELSE '' END,
-                       key_match, r.text_column);
+                       staged, key_match, r.text_column)
+        USING p_keys, p_versions, p_hashes, p_vectors;
         GET DIAGNOSTICS n_written = ROW_COUNT;
         PERFORM set_config('qwen_sync.writeback', '', true);
-        -- entries are found from the staged rows, one primary-key probe each, and deleted by ctid: the
-        -- queue's statistics are often stale (it fills and drains fast) and must not pick the plan. An
-        -- entry updated meanwhile (a new version) has another ctid and is left alone.
+        -- entries are found from the batch, one primary-key probe each, and deleted by ctid: the queue's
+        -- statistics are often stale (it fills and drains fast) and must not pick the plan. An entry
+        -- updated meanwhile (a new version) has another ctid and is left alone.
         EXECUTE format('DELETE FROM qwen.queue q WHERE q.ctid = ANY (ARRAY(
                             SELECT (SELECT q2.ctid FROM qwen.queue q2
-                                    WHERE q2.registration_id = $1 AND q2.target = $2 AND q2.key = w.key
+                                    WHERE q2.registration_id = $5 AND q2.target = $6 AND q2.key = w.key
                                       AND q2.version = w.version)
-                            FROM pg_temp.qwen_writeback w
+                            FROM %s
                             WHERE NOT EXISTS (SELECT 1 FROM %s t WHERE %s AND md5(t.%I::text) IS DISTINCT FROM w.body_hash)))',
-                       r.source, key_match, r.text_column)
-        USING p_registration, tgt;
+                       staged, r.source, key_match, r.text_column)
+        USING p_keys, p_versions, p_hashes, p_vectors, p_registration, tgt;
         GET DIAGNOSTICS n_done = ROW_COUNT;
     END IF;
     -- release what is left (rows changed since the claim); usually nothing, and then no query at all:
     -- the leased_by index keeps entries of deleted rows until vacuum, so scanning it grows with the backlog
-    IF n_done < (SELECT count(*) FROM pg_temp.qwen_writeback) THEN
+    IF n_done < cardinality(p_keys) THEN
         UPDATE qwen.queue q SET leased_by = NULL, lease_until = NULL
-          FROM pg_temp.qwen_writeback w
-         WHERE q.registration_id = p_registration AND q.key = w.key AND q.leased_by = p_worker;
+          FROM unnest(p_keys) AS u(key_literal)
+         WHERE q.registration_id = p_registration AND q.key = u.key_literal::text[] AND q.leased_by = p_worker;
     END IF;
     UPDATE qwen.workers w SET rows_done = w.rows_done + n_done, batches_done = w.batches_done + 1
      WHERE w.id = p_worker;
@@ -602,7 +607,9 @@ CREATE FUNCTION qwen._index_rebuild(p_schema name, p_source regclass, p_column n
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT ARRAY[format('DROP INDEX CONCURRENTLY IF EXISTS %I.%I', p_schema, p_index),
+    SELECT ARRAY[format('DROP INDEX %s IF EXISTS %I.%I',
+                        CASE WHEN qwen._can_index_concurrently(p_source) THEN 'CONCURRENTLY' ELSE '' END,
+                        p_schema, p_index),
                  qwen._index_ddl(p_source, p_column, p_vector_type, p_index, true)]
 $$;
 
