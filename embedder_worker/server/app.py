@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 Handler = Callable[[Request], Awaitable[Response]]
 
+#: largest request body accepted (4096 inputs of a few KiB each fit with room to spare)
+MAX_BODY_BYTES = 64 * 2**20
+
 
 def error_response(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
     """OpenAI's error shape; the C transport shows `error.message` in the SQL error."""
@@ -45,6 +48,22 @@ def _check_model(requested: str | None, info: ModelInfo) -> None:
         return
     raise RequestError(400, f"model '{requested}' is not served here (this worker serves '{info.name}')",
                        kind="model_mismatch")
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, refused with 413 past MAX_BODY_BYTES (declared or streamed), so that one oversized
+    request cannot make the worker buffer without bound."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise RequestError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes", "request_too_large")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise RequestError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes", "request_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _vectors_payload(vectors: np.ndarray, encoding: str) -> list[Any]:
@@ -120,8 +139,9 @@ class ServerApp:
 
     async def _json_body(self, request: Request) -> Any:
         try:
-            return json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            return json.loads(await _read_body(request))
+        # RecursionError: nesting deeper than the parser allows ([[[[…) is malformed input too
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise RequestError(400, "the request body is not valid JSON") from None
 
     async def embeddings(self, request: Request) -> Response:
