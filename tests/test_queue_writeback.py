@@ -14,7 +14,7 @@ import pytest
 from embedder_worker.queue import RetryPolicy, Target
 from embedder_worker.queue.claims import claim
 from embedder_worker.queue.embedding import EmbeddedBatch
-from embedder_worker.queue.writeback import ensure_staging_table, write_back
+from embedder_worker.queue.writeback import key_literal, write_back
 from tests.queue_support import connect
 
 DIMS = 8
@@ -33,7 +33,6 @@ def setup(db):
     conn.execute("SELECT qwen_register('docs', 'body', model => 'm', dimensions => %s)", (DIMS,))
     worker = conn.execute("SELECT qwen.worker_start('m', 'test', 'h', 1, '1 min')").fetchone()[0]
     worker_conn = connect(db)
-    ensure_staging_table(worker_conn)
     return conn, worker_conn, worker
 
 
@@ -127,3 +126,9 @@ def test_a_live_workers_lease_is_respected_and_a_dead_workers_is_not(setup, db):
     conn.execute("UPDATE qwen.workers SET heartbeat_at = now() - interval '10 minutes' WHERE id = %s", (worker,))
     stolen = claim(worker_conn, Target(1, 0, DIMS), other, 10, timedelta(minutes=1))
     assert stolen is not None and len(stolen) == 4  # the dead worker's lease did not have to expire
+
+
+def test_keys_with_quotes_commas_and_backslashes_survive_the_trip(db):
+    conn = connect(db)
+    odd = ['a,b', 'say "hi"', 'back\\slash', '{braces}', ' spaced ', 'NULL']
+    assert conn.execute("SELECT %s::text[]", (key_literal(odd),)).fetchone()[0] == odd

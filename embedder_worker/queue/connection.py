@@ -38,11 +38,12 @@ class Reconnecting:
 
     def __init__(self, dsn: str, *, name: str, stop: threading.Event | None = None,
                  on_reconnect: Callable[[psycopg.Connection], None] | None = None,
-                 max_backoff: float = 5.0) -> None:
+                 settings: dict[str, str] | None = None, max_backoff: float = 5.0) -> None:
         self.dsn = dsn
         self.name = name
         self._stop = stop
         self._on_reconnect = on_reconnect
+        self._settings = settings or {}
         self._max_backoff = max_backoff
         self._conn: psycopg.Connection | None = None
         self._connected_before = False
@@ -50,6 +51,8 @@ class Reconnecting:
     def _open(self) -> psycopg.Connection:
         conn = psycopg.connect(self.dsn, autocommit=True, application_name=f"qwen-pg {self.name}")
         register_vector(conn)
+        for name, value in self._settings.items():
+            conn.execute("SELECT set_config(%s, %s, false)", (name, value))
         return conn
 
     def connection(self, *, give_up_when_stopped: bool = True) -> psycopg.Connection:

@@ -31,11 +31,12 @@ from .embedding import EmbeddedBatch, embed_claim
 from .heartbeat import Heartbeat
 from .maintenance import Maintenance
 from .retry import RetryPolicy
-from .writeback import ensure_staging_table, record_failures, write_back
+from .writeback import WriteBackResult, record_failures, write_back
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "qwen_queue"
+WRITE_BACK_TRIES = 5
 
 
 @dataclass
@@ -87,8 +88,13 @@ class Consumer:
         self._targets_read_at = 0.0
         self._next_target = 0
         self._heartbeat: Heartbeat | None = None
-        self._claim_db = Reconnecting(dsn, name="claimer", stop=self._stop, on_reconnect=self._claimer_reconnected)
-        self._write_db = Reconnecting(dsn, name="writer", stop=self._stop, on_reconnect=self._writer_reconnected)
+        # Claims and write-backs commit without waiting for the WAL flush: a crash can only undo the latest
+        # ones, and each undoes atomically with its queue changes (a lost claim is a lease that never was,
+        # a lost write-back leaves its rows queued), so those rows are simply embedded again.
+        fast_commit = {"synchronous_commit": "off"}
+        self._claim_db = Reconnecting(dsn, name="claimer", stop=self._stop, on_reconnect=self._claimer_reconnected,
+                                      settings=fast_commit)
+        self._write_db = Reconnecting(dsn, name="writer", stop=self._stop, settings=fast_commit)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -114,7 +120,7 @@ class Consumer:
                    threading.Thread(target=self._claim_loop, name="qwen-claimer", daemon=True)]
         log.info("worker %s serving model %r", self.worker_id, self.model)
         try:
-            self._write_db.run(ensure_staging_table, give_up_when_stopped=False)
+            self._write_db.run(lambda conn: conn.execute("SELECT 1"), give_up_when_stopped=False)
             for thread in threads:
                 thread.start()
             self._write_loop(maintenance)
@@ -217,9 +223,6 @@ class Consumer:
 
     # -- the writer (main) thread ----------------------------------------------------------------
 
-    def _writer_reconnected(self, conn: psycopg.Connection) -> None:
-        ensure_staging_table(conn)
-
     def _write_loop(self, maintenance: Maintenance) -> None:
         while True:
             if self._stop.is_set():
@@ -256,11 +259,23 @@ class Consumer:
                 return
             self._finished_one()
 
+    def _write_back(self, result: EmbeddedBatch) -> WriteBackResult:
+        """The write-back, tried again when it lost a deadlock to a writer (it rolled back whole)."""
+        for attempt in range(WRITE_BACK_TRIES):
+            try:
+                return self._write_db.run(lambda conn: write_back(conn, result, self.worker_id, self.options.retry),
+                                          give_up_when_stopped=False)
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                if attempt == WRITE_BACK_TRIES - 1:
+                    raise
+                log.info("write-back lost a deadlock to a writer; trying again")
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
+
     def _write(self, result: EmbeddedBatch) -> None:
         retry = self.options.retry
         try:
-            outcome = self._write_db.run(lambda conn: write_back(conn, result, self.worker_id, retry),
-                                         give_up_when_stopped=False)
+            outcome = self._write_back(result)
         except Exception as exc:  # e.g. the table or column went away: record it on the entries
             log.exception("write-back failed for registration %s", result.claim.target.registration_id)
             message = f"write-back failed: {type(exc).__name__}: {exc}"

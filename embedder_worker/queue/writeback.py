@@ -1,11 +1,12 @@
-"""Writing an embedded batch back in one short transaction: the vectors are staged with a binary COPY
-into a temporary table, then `qwen.write_back` updates the rows whose text is unchanged since the claim
-and removes only the queue entries nothing newer has replaced. Failed rows are recorded by `qwen.fail`
-(back-off, then parked with the error)."""
+"""Writing an embedded batch back in one short transaction: one call of `qwen.write_back` with the batch
+as arrays (`UPDATE … FROM unnest(…)`, vectors sent in binary), which updates the rows whose text is
+unchanged since the claim and removes only the queue entries nothing newer has replaced. Failed rows
+are recorded by `qwen.fail` (back-off, then parked with the error)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -13,8 +14,8 @@ import psycopg
 from .embedding import EmbeddedBatch
 from .retry import RetryPolicy
 
-STAGING_TABLE = "pg_temp.qwen_writeback"
-COPY_SQL = f"COPY {STAGING_TABLE} (key, version, body_hash, vec) FROM STDIN (FORMAT BINARY)"
+WRITE_BACK_SQL = ("SELECT written, done FROM qwen.write_back(%s, %s::smallint, %s, %s, %s, "
+                  "%s::text[], %s::bigint[], %s::text[], %b)")
 
 
 @dataclass
@@ -25,13 +26,9 @@ class WriteBackResult:
     parked: int  # of those, parked for good (attempts exhausted)
 
 
-def ensure_staging_table(conn: psycopg.Connection) -> None:
-    """Once per connection: the temporary staging table (emptied at every commit)."""
-    schema = conn.execute("SELECT qwen._vector_schema()").fetchone()[0]
-    conn.execute(
-        f"CREATE TEMP TABLE IF NOT EXISTS qwen_writeback (key text[] NOT NULL, version bigint NOT NULL, "
-        f"body_hash text, vec {schema}.vector) ON COMMIT DELETE ROWS"
-    )
+def key_literal(key: Sequence[str]) -> str:
+    """A key as a PostgreSQL text[] literal, so a batch of keys of any arity travels as one text[]."""
+    return "{" + ",".join('"' + part.replace("\\", "\\\\").replace('"', '\\"') + '"' for part in key) + "}"
 
 
 def write_back(conn: psycopg.Connection, batch: EmbeddedBatch, worker_id: int, retry: RetryPolicy) -> WriteBackResult:
@@ -40,15 +37,11 @@ def write_back(conn: psycopg.Connection, batch: EmbeddedBatch, worker_id: int, r
     written = done = 0
     with conn.transaction():
         if ok:
-            with conn.cursor() as cur:
-                with cur.copy(COPY_SQL) as copy:
-                    copy.set_types(["text[]", "int8", "text", "vector"])
-                    for i in ok:
-                        copy.write_row((claim.keys[i], claim.versions[i], claim.hashes[i], batch.vectors[i]))
-                written, done = cur.execute(
-                    "SELECT written, done FROM qwen.write_back(%s, %s::smallint, %s, %s, %s)",
-                    (claim.target.registration_id, claim.target.target, worker_id, claim.model, claim.dimensions),
-                ).fetchone()
+            written, done = conn.execute(WRITE_BACK_SQL, (
+                claim.target.registration_id, claim.target.target, worker_id, claim.model, claim.dimensions,
+                [key_literal(claim.keys[i]) for i in ok], [claim.versions[i] for i in ok],
+                [claim.hashes[i] for i in ok], [batch.vectors[i] for i in ok],
+            )).fetchone()
         parked = record_failures(conn, batch, worker_id, retry) if batch.errors else 0
     return WriteBackResult(written=written, done=done, failed=len(batch.errors), parked=parked)
 
