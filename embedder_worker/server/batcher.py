@@ -34,6 +34,10 @@ if TYPE_CHECKING:
     from embedder_worker.model.backend import EmbeddingBackend
 
 
+_SETTLE_ROUNDS = 32  # at most this many checks of the queue size after a pass …
+_SETTLE_SPINS = 4    # … each after this many event-loop iterations
+
+
 @dataclass(frozen=True)
 class BatchLimits:
     """Bounds of one merged forward pass; a single request larger than these still runs (alone)."""
@@ -141,8 +145,11 @@ class EmbeddingBatcher:
 
     async def _run(self) -> None:
         assert self._wakeup is not None
+        just_ran = False
         while True:
             await self._wakeup.wait()
+            if just_ran and self._limits.enabled:
+                await self._settle()
             if self._limits.max_wait_ms > 0 and self._limits.enabled:
                 await asyncio.sleep(self._limits.max_wait_ms / 1000)
             batch = self._take_batch()
@@ -151,8 +158,24 @@ class EmbeddingBatcher:
             self._metrics.queue_depth.labels(self.kind).set(len(self._queue))
             # Requests whose caller went away (cancelled SQL query) are not worth a forward pass.
             batch = [p for p in batch if not p.future.done()]
+            just_ran = bool(batch)
             if batch:
                 await self._forward(batch)
+
+    async def _settle(self) -> None:
+        """Let the event loop turn until the queue stops growing (bounded), before cutting a batch.
+
+        Requests that arrived during the last forward pass wait as unread bytes in their sockets; each
+        needs a few loop iterations (read, parse, run the handler) to reach the queue. Without this the
+        next pass would start with only the few already parsed, and the rest would wait a whole pass.
+        Only after a pass: a request reaching an idle server is served at once."""
+        size = -1
+        for _ in range(_SETTLE_ROUNDS):
+            if len(self._queue) == size:
+                return
+            size = len(self._queue)
+            for _ in range(_SETTLE_SPINS):
+                await asyncio.sleep(0)
 
     async def _forward(self, batch: list[_Pending]) -> None:
         texts = [t for p in batch for t in p.texts]
