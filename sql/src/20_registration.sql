@@ -71,12 +71,14 @@ AS $$
     FROM unnest(key_columns) WITH ORDINALITY AS u(c, i)
 $$;
 
--- t.k1 = (keyexpr)[1]::type1 AND … : the cast is on the key side, so the table's primary key index is used
+-- t.k1 = (keyexpr)[1]::type1 AND … : the cast is on the key side, so the table's primary key index is used.
+-- key_types come from a catalogue row its table's owner may rewrite: each is re-read as a type name
+-- (::regtype, whose output is quoted), never pasted as SQL into the worker's statements.
 CREATE FUNCTION qwen._key_match(key_columns name[], key_types text[], alias text, key_expr text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT string_agg(format('%s.%I = (%s)[%s]::%s', alias, c, key_expr, i, t), ' AND ' ORDER BY i)
+    SELECT string_agg(format('%s.%I = (%s)[%s]::%s', alias, c, key_expr, i, t::regtype), ' AND ' ORDER BY i)
     FROM unnest(key_columns, key_types) WITH ORDINALITY AS u(c, t, i)
 $$;
 
