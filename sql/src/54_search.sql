@@ -123,7 +123,8 @@ BEGIN
     -- (VOLATILE, so that this second read takes a fresh snapshot.) Without SELECT on the table
     -- this is where the caller gets "permission denied", before any worker call.
     searched := reg.source;
-    EXECUTE format('LOCK TABLE %s IN ACCESS SHARE MODE', searched);
+    -- (a column-less SELECT, not LOCK TABLE: LOCK needs table-level SELECT, column grants are enough here)
+    EXECUTE format('SELECT FROM %s WHERE false', searched);
     SELECT * INTO reg FROM qwen.registrations AS r WHERE r.id = reg.id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'the qwen registration of table % was removed', searched
