@@ -201,8 +201,16 @@ class Consumer:
         targets = self._targets
         for step in range(len(targets)):
             index = (self._next_target + step) % len(targets)
-            batch = self._claim_db.run(lambda conn, t=targets[index]: claims.claim(
-                conn, t, self.worker_id, self.options.batch_size, self.options.lease))
+            try:
+                batch = self._claim_db.run(lambda conn, t=targets[index]: claims.claim(
+                    conn, t, self.worker_id, self.options.batch_size, self.options.lease))
+            except psycopg.Error as exc:  # connection errors are retried inside run()
+                # one broken registration (its text column renamed or dropped, a bad catalogue row) must
+                # not stop the worker for every other table: skip it, its rows stay queued
+                log.error("registration %s: cannot claim, skipping it for now: %s",
+                          targets[index].registration_id, str(exc).strip().splitlines()[0] if str(exc).strip()
+                          else type(exc).__name__)
+                continue
             if batch is not None:
                 self._next_target = index + 1
                 return batch
