@@ -4,7 +4,8 @@
 
 Measures, on the embedded PostgreSQL with the request server on a unix socket (same host):
 1. qwen_embed round-trip overhead: median of `SELECT qwen_embed(q, 'memory')` minus the median of the
-   same embedding computed by a direct backend call (goal: ≤ 1 ms);
+   same embedding computed by a direct backend call (goal: ≤ 1 ms); and the transport alone: qwen_embed
+   against a zero-cost backend minus a SELECT of a constant 1024-dim vector;
 2. throughput of N concurrent SQL clients calling qwen_embed, with micro-batching and without
    (`BatchLimits(enabled=False)`: one request per forward pass) — goal ≥ 3× with a mid-size model;
 3. qwen_rerank of 100 candidates in one call vs 100 scalar qwen_rerank calls.
@@ -30,10 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import psycopg
 
 from embedder_worker import embedded_db, extension_install
 from embedder_worker.model import load_embedder, load_reranker
+from embedder_worker.model.backend import EmbedResult, ModelInfo
 from embedder_worker.model.qwen3 import TASK_PRESETS
 from embedder_worker.model.tiny import TinyShape, cached_tiny_models, make_tiny_models
 from embedder_worker.server import BatchLimits, start_server
@@ -127,6 +130,36 @@ def mean_batch_requests(socket_path: Path) -> float:
     return values.get("qwen_server_batch_requests_sum", 0.0) / count if count else 0.0
 
 
+class NullEmbedder:
+    """A backend that costs nothing: what is left of a call's time is transport (SQL, C, HTTP, server)."""
+
+    def __init__(self) -> None:
+        self.info = ModelInfo(name="null", kind="embedding", backend="null", dimension=1024, max_length=8192)
+
+    def embed(self, texts, *, instruction=None, dimensions=None) -> EmbedResult:
+        vectors = np.full((len(texts), dimensions or 1024), 1 / 32, dtype=np.float32)
+        return EmbedResult(vectors=vectors, truncated=0)
+
+
+def bench_transport(dsn: str, repeat: int) -> dict[str, float]:
+    """SELECT qwen_embed(...) against the null backend vs SELECT of a constant vector, interleaved."""
+    with psycopg.connect(dsn) as conn:
+        def run(sql: str) -> object:
+            return conn.execute(sql, prepare=True).fetchone()
+
+        embed_sql = "SELECT qwen_embed('what did I say about topic number 3 last week', 'memory')"
+        local_sql = "SELECT array_fill(0.03125::real, ARRAY[1024])::vector"
+        run(embed_sql)
+        run(local_sql)
+        embed: list[float] = []
+        local: list[float] = []
+        for _ in range(repeat):
+            embed += timed(lambda: run(embed_sql), 1)
+            local += timed(lambda: run(local_sql), 1)
+    return {"embed": statistics.median(embed), "local": statistics.median(local),
+            "overhead": statistics.median(embed) - statistics.median(local)}
+
+
 def _serve(listen: str, embed_path: str, rerank_path: str | None, batching: bool, threads: int,
            ready: Any, stop: Any) -> None:
     """The worker side, in its own process (as `qwen-pg worker --listen` runs): its GIL is not shared
@@ -134,7 +167,7 @@ def _serve(listen: str, embed_path: str, rerank_path: str | None, batching: bool
     import torch
 
     torch.set_num_threads(threads)
-    embedder = load_embedder(embed_path, device="cpu", dtype="float32")
+    embedder = NullEmbedder() if embed_path == "null" else load_embedder(embed_path, device="cpu", dtype="float32")
     reranker = load_reranker(rerank_path, device="cpu", dtype="float32") if rerank_path else None
     with start_server(listen, embedder, reranker, limits=BatchLimits(enabled=batching)):
         ready.set()
@@ -142,7 +175,7 @@ def _serve(listen: str, embed_path: str, rerank_path: str | None, batching: bool
 
 
 @contextlib.contextmanager
-def worker_process(socket_path: Path, embed_path: Path, rerank_path: Path | None, *, batching: bool = True,
+def worker_process(socket_path: Path, embed_path: Path | str, rerank_path: Path | None, *, batching: bool = True,
                    threads: int = 1) -> Iterator[None]:
     ctx = multiprocessing.get_context("spawn")
     ready, stop = ctx.Event(), ctx.Event()
@@ -205,6 +238,10 @@ def main() -> None:
             o = bench_overhead(dsn, embedder, args.repeat)
         print(f"qwen_embed overhead (tiny model): SQL {ms(o['sql'])} - direct {ms(o['direct'])} "
               f"= {ms(o['overhead'])} (median of {args.repeat})")
+        with worker_process(socket_path, "null", None):
+            t = bench_transport(dsn, args.repeat)
+        print(f"qwen_embed transport (null backend, 1024 dims): {ms(t['embed'])} - local vector {ms(t['local'])} "
+              f"= {ms(t['overhead'])} (median of {args.repeat})", flush=True)
 
         embed_path, rerank_path = models_for(args.shape)
         rates = {}
