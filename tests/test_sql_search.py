@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -232,3 +233,40 @@ def test_the_memory_example_in_python(worker_db, tiny_models, tiny_embedder):
             assert [(m.id, m.text) for m in recalled] == [(mine, "I moved to Lisbon in March")]
     finally:
         store.close()
+
+
+def test_searches_keep_working_through_a_qwen_alter(worker_db, tiny_models, tiny_embedder):
+    """qwen_alter swaps the column and the registration at once; a search never pairs a query vector of one
+    shape with a column of the other (it locks the table, then reads the registration)."""
+    model = str(tiny_models.embed)
+    with psycopg.connect(worker_db, autocommit=True) as c:
+        c.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+        c.execute("INSERT INTO docs SELECT g, 'passage ' || g || repeat(' about things', g % 5) "
+                  "FROM generate_series(1, 200) g")
+        c.execute("SELECT qwen_register('docs', 'body', model => %s, dimensions => 64)", (model,))
+        run_until_idle(worker_db, tiny_embedder, model=model)
+        c.execute("SELECT qwen_alter('docs', dimensions => 32)")
+    errors: list[Exception] = []
+    counts: set[int] = set()
+    stop = threading.Event()
+
+    def searcher() -> None:
+        with psycopg.connect(worker_db, autocommit=True) as s:
+            while not stop.is_set():
+                try:
+                    counts.add(s.execute("SELECT count(*) FROM qwen_search('about things', 'memory', 5)").fetchone()[0])
+                except psycopg.Error as exc:  # any failure is downtime
+                    errors.append(exc)
+
+    thread = threading.Thread(target=searcher)
+    thread.start()
+    try:
+        run_until_idle(worker_db, tiny_embedder, model=model, batch_size=16)
+    finally:
+        stop.set()
+        thread.join()
+    assert errors == []
+    assert counts == {5}
+    with psycopg.connect(worker_db) as c:
+        assert c.execute("SELECT dimensions FROM qwen.registrations").fetchone() == (32,)
+        assert c.execute("SELECT count(*) FROM qwen_search('about things', 'memory', 5)").fetchone() == (5,)
