@@ -88,8 +88,9 @@ def test_a_failing_row_is_parked_with_its_error_and_the_rest_of_its_batch_lands(
 def test_concurrent_writers_and_two_workers_leave_no_stale_vector(db, tiny_embedder, model):
     conn = connect(db)
     make_docs(conn, model, 400)
-    options = fast_options(exit_when_idle=False, batch_size=16)
-    workers = [Consumer(db, tiny_embedder, options=options) for _ in range(2)]
+    # the second worker writes back on two connections
+    workers = [Consumer(db, tiny_embedder, options=fast_options(exit_when_idle=False, batch_size=16, writers=n))
+               for n in (1, 2)]
     threads = [threading.Thread(target=w.run) for w in workers]
     for t in threads:
         t.start()

@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--batch-size", type=int, default=64, help="rows per claim (default 64)")
     p.add_argument("--prefetch", type=int, default=1, help="batches claimed ahead while the model runs (default 1)")
+    p.add_argument("--writers", type=int, default=1,
+                   help="write-back connections (more help with a fast model and a database with spare cores)")
     p.add_argument("--poll-interval", type=float, default=5.0, help="seconds between polls without NOTIFY")
     p.add_argument("--heartbeat-interval", type=float, default=5.0,
                    help="seconds between heartbeats; a worker silent for 3 intervals is dead")
@@ -126,7 +128,8 @@ def _worker(args: argparse.Namespace) -> int:
     backend_options: dict[str, Any] = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v}
     try:
         options = ConsumerOptions(
-            batch_size=args.batch_size, prefetch=args.prefetch, lease=timedelta(seconds=args.lease),
+            batch_size=args.batch_size, prefetch=args.prefetch, writers=args.writers,
+            lease=timedelta(seconds=args.lease),
             poll_interval=args.poll_interval, heartbeat_interval=args.heartbeat_interval,
             maintenance_interval=args.maintenance_interval, exit_when_idle=args.exit_when_idle,
             retry=RetryPolicy(max_attempts=args.max_attempts, backoff=timedelta(seconds=args.retry_backoff)),

@@ -43,6 +43,7 @@ WRITE_BACK_TRIES = 5
 class ConsumerOptions:
     batch_size: int = 64
     prefetch: int = 1  # claimed batches waiting while the model embeds another
+    writers: int = 1  # write-back connections (more help when the model is fast and the database has cores)
     lease: timedelta = timedelta(minutes=10)  # backstop; a dead worker is noticed by its heartbeat first
     poll_interval: float = 5.0  # look for work this often even without a NOTIFY
     heartbeat_interval: float = 5.0
@@ -56,6 +57,8 @@ class ConsumerOptions:
             raise ValueError("batch_size must be at least 1")
         if self.prefetch < 0:
             raise ValueError("prefetch must not be negative")
+        if self.writers < 1:
+            raise ValueError("writers must be at least 1")
 
 
 @dataclass
@@ -95,6 +98,9 @@ class Consumer:
         self._claim_db = Reconnecting(dsn, name="claimer", stop=self._stop, on_reconnect=self._claimer_reconnected,
                                       settings=fast_commit)
         self._write_db = Reconnecting(dsn, name="writer", stop=self._stop, settings=fast_commit)
+        self._extra_write_dbs = [Reconnecting(dsn, name=f"writer-{n}", stop=self._stop, settings=fast_commit)
+                                 for n in range(2, self.options.writers + 1)]
+        self._stats_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -118,6 +124,8 @@ class Consumer:
         maintenance.start()
         threads = [threading.Thread(target=self._model_loop, name="qwen-model", daemon=True),
                    threading.Thread(target=self._claim_loop, name="qwen-claimer", daemon=True)]
+        threads += [threading.Thread(target=self._extra_write_loop, args=(db,), name=db.name, daemon=True)
+                    for db in self._extra_write_dbs]
         log.info("worker %s serving model %r", self.worker_id, self.model)
         try:
             self._write_db.run(lambda conn: conn.execute("SELECT 1"), give_up_when_stopped=False)
@@ -135,6 +143,8 @@ class Consumer:
             self._heartbeat.stop()  # releases leases still held, removes the worker row
             self._claim_db.close()
             self._write_db.close()
+            for db in self._extra_write_dbs:
+                db.close()
         log.info("worker %s stopped: %d rows embedded in %d batches, %d failures (%d parked)",
                  self.worker_id, self.stats.rows_done, self.stats.batches, self.stats.rows_failed,
                  self.stats.rows_parked)
@@ -165,7 +175,8 @@ class Consumer:
             conn.execute("SELECT qwen.release(%s)", (self.worker_id,))
 
     def _claim_loop(self) -> None:
-        limit = 2 + self.options.prefetch  # one being embedded, one being written, `prefetch` waiting
+        # one being embedded, one per writer being written, `prefetch` waiting
+        limit = 1 + self.options.writers + self.options.prefetch
         try:
             self._claim_db.run(lambda conn: conn.execute(f"LISTEN {CHANNEL}"))
             while not self._stop.is_set():
@@ -249,6 +260,18 @@ class Consumer:
                 continue
             self._write(result)
 
+    def _extra_write_loop(self, db: Reconnecting) -> None:
+        """Another writer beside the main thread: takes finished batches from the same results queue."""
+        try:
+            while not (self._stop.is_set() and self._pipeline == 0):
+                try:
+                    result = self._results.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                self._write(result, db)
+        except Stopped:
+            return
+
     def _finished_one(self) -> None:
         with self._pipeline_changed:
             self._pipeline -= 1
@@ -267,11 +290,11 @@ class Consumer:
                 return
             self._finished_one()
 
-    def _write_back(self, result: EmbeddedBatch) -> WriteBackResult:
+    def _write_back(self, result: EmbeddedBatch, db: Reconnecting) -> WriteBackResult:
         """The write-back, tried again when it lost a deadlock to a writer (it rolled back whole)."""
         for attempt in range(WRITE_BACK_TRIES):
             try:
-                return self._write_db.run(lambda conn: write_back(conn, result, self.worker_id, self.options.retry),
+                return db.run(lambda conn: write_back(conn, result, self.worker_id, self.options.retry),
                                           give_up_when_stopped=False)
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 if attempt == WRITE_BACK_TRIES - 1:
@@ -280,27 +303,29 @@ class Consumer:
                 time.sleep(0.01 * (attempt + 1))
         raise AssertionError("unreachable")
 
-    def _write(self, result: EmbeddedBatch) -> None:
+    def _write(self, result: EmbeddedBatch, db: Reconnecting | None = None) -> None:
+        db = db or self._write_db
         retry = self.options.retry
         try:
-            outcome = self._write_back(result)
+            outcome = self._write_back(result, db)
         except Exception as exc:  # e.g. the table or column went away: record it on the entries
             log.exception("write-back failed for registration %s", result.claim.target.registration_id)
             message = f"write-back failed: {type(exc).__name__}: {exc}"
             failed = EmbeddedBatch(claim=result.claim, vectors=result.vectors,
                                    errors=dict.fromkeys(range(len(result.claim)), message))
             try:
-                self._write_db.run(lambda conn: record_failures(conn, failed, self.worker_id, retry))
+                db.run(lambda conn: record_failures(conn, failed, self.worker_id, retry))
             except Exception:
                 log.exception("could not record the failure; the leases will expire")
             return
         finally:
             self._finished_one()
-        self.stats.batches += 1
-        self.stats.rows_done += outcome.done
-        self.stats.rows_failed += outcome.failed
-        self.stats.rows_parked += outcome.parked
-        self.stats.truncated += result.truncated
+        with self._stats_lock:
+            self.stats.batches += 1
+            self.stats.rows_done += outcome.done
+            self.stats.rows_failed += outcome.failed
+            self.stats.rows_parked += outcome.parked
+            self.stats.truncated += result.truncated
 
     def _idle(self, maintenance: Maintenance) -> bool:
         """Nothing queued, backing off or in flight for this model, and no index build or swap left."""

@@ -19,10 +19,10 @@ CREATE TABLE qwen.queue (
     last_error      text,
     failed_at       timestamptz,                      -- parked after too many attempts
     PRIMARY KEY (registration_id, target, key)
-);
+) WITH (fillfactor = 70);  -- room on each page, so a claim's lease update is a HOT update (no index writes)
 COMMENT ON TABLE qwen.queue IS 'rows waiting to be (re-)embedded; parked entries have failed_at and last_error';
 CREATE INDEX queue_claim_order ON qwen.queue (registration_id, target, enqueued_at) WHERE failed_at IS NULL;
-CREATE INDEX queue_leased_by ON qwen.queue (leased_by) WHERE leased_by IS NOT NULL;
+-- (no index on leased_by: it would make every lease a non-HOT update; the few lookups by worker are rare)
 SELECT pg_catalog.pg_extension_config_dump('qwen.queue', '');
 
 -- Live workers (heartbeats). A worker whose heartbeat is older than 3 intervals is dead: its leases
@@ -465,7 +465,7 @@ BEGIN
         -- locks in another order, the worker retries the write-back).
         staged := format('(SELECT u.key_literal::text[] AS key, u.version, u.body_hash, u.vec
                            FROM unnest($1, $2, $3, $4) AS u(key_literal, version, body_hash, vec) ORDER BY %s) w',
-                         (SELECT string_agg(format('(u.key_literal::text[])[%s]::%s', i, t), ', ' ORDER BY i)
+                         (SELECT string_agg(format('(u.key_literal::text[])[%s]::%s', i, t::regtype), ', ' ORDER BY i)
                           FROM unnest(r.key_types) WITH ORDINALITY AS k(t, i)));
         PERFORM set_config('qwen_sync.writeback', 'on', true);
         EXECUTE format('UPDATE %s t SET %I = w.vec%s FROM %s
