@@ -164,3 +164,23 @@ def test_status_counts_exactly_without_a_cap(db, tiny_embedder, model):
     st = status(conn, "docs")
     assert (st["rows_total"], st["queued"], st["embedded"], st["coverage"]) == (12_345, 12_345, 0, 0.0)
     assert st["oldest_pending_age"].total_seconds() >= 0
+
+
+@pytest.mark.parametrize("ddl, insert", [
+    ("CREATE TABLE t (tenant text, n bigint, body text, PRIMARY KEY (tenant, n))",
+     "INSERT INTO t SELECT CASE WHEN g % 2 = 0 THEN 'acme, inc' ELSE 'say \"hi\"' END, g, 'text ' || g "
+     "FROM generate_series(1, 150) g"),
+    ("CREATE TABLE t (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), body text)",
+     "INSERT INTO t (body) SELECT 'text ' || g FROM generate_series(1, 150) g"),
+], ids=["composite", "uuid"])
+def test_composite_and_uuid_keys_are_embedded_and_written_back(db, tiny_embedder, model, ddl, insert):
+    conn = connect(db)
+    conn.execute(ddl)
+    conn.execute(insert)
+    conn.execute("SELECT qwen_register('t', 'body', model => %s, dimensions => 64)", (model,))
+    run_until_idle(db, tiny_embedder, batch_size=32)
+    assert assert_vectors_are_embeddings(conn, "t", tiny_embedder, 64) == 150
+    conn.execute("UPDATE t SET body = body || ' changed' WHERE body LIKE '%%5'")
+    run_until_idle(db, tiny_embedder, batch_size=32)
+    assert assert_vectors_are_embeddings(conn, "t", tiny_embedder, 64) == 150
+    assert status(conn, "t")["queued"] == 0

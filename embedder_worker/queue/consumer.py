@@ -294,8 +294,9 @@ class Consumer:
         """The write-back, tried again when it lost a deadlock to a writer (it rolled back whole)."""
         for attempt in range(WRITE_BACK_TRIES):
             try:
-                return db.run(lambda conn: write_back(conn, result, self.worker_id, self.options.retry),
-                                          give_up_when_stopped=False)
+                # while running, wait out a database restart; once stopping, give up instead: the rows
+                # stay queued and another worker takes them when this one's heartbeat goes stale
+                return db.run(lambda conn: write_back(conn, result, self.worker_id, self.options.retry))
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 if attempt == WRITE_BACK_TRIES - 1:
                     raise
@@ -308,6 +309,9 @@ class Consumer:
         retry = self.options.retry
         try:
             outcome = self._write_back(result, db)
+        except Stopped:
+            log.warning("stopping with the database unreachable: %d rows stay queued", len(result.claim))
+            return
         except Exception as exc:  # e.g. the table or column went away: record it on the entries
             log.exception("write-back failed for registration %s", result.claim.target.registration_id)
             message = f"write-back failed: {type(exc).__name__}: {exc}"
