@@ -23,11 +23,14 @@ class Stopped(Exception):
 
 def is_connection_error(exc: BaseException) -> bool:
     """Errors after which the connection is unusable (server restart, network), not SQL errors."""
-    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-        return True
-    # a server shutting down terminates sessions with admin_shutdown / crash_shutdown
     sqlstate = getattr(exc, "sqlstate", None) or ""
-    return sqlstate.startswith("57P") or sqlstate.startswith("08")
+    if sqlstate:
+        # the server answered: only connection errors and shutdowns (admin_shutdown, crash_shutdown)
+        # end the session. Others, although psycopg files many of them under OperationalError (disk
+        # full, out of memory, deadlock, lock timeout), are SQL errors the caller must handle and record;
+        # retrying them here would spin for ever with nothing visible.
+        return sqlstate.startswith("57P") or sqlstate.startswith("08")
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
 
 
 class Reconnecting:
