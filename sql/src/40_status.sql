@@ -40,7 +40,11 @@ BEGIN
         registration_id := r.id; source := r.source; text_column := r.text_column;
         embedding_column := r.embedding_column; model := r.model; dimensions := r.dimensions;
         generation := r.generation;
-        -- a row is embedded when it has a vector and no pending (target 0) queue entry
+        last_error := NULL;
+        -- a row is embedded when it has a vector and no pending (target 0) queue entry. A table changed
+        -- behind qwen's back (text column renamed or dropped) must not hide every other registration:
+        -- its counts are NULL and last_error says why.
+        BEGIN
         EXECUTE format($q$
             SELECT count(*),
                    count(*) FILTER (WHERE t.%1$I IS NOT NULL AND t.%1$I::text <> ''),
@@ -49,6 +53,10 @@ BEGIN
             LEFT JOIN qwen.queue q ON q.registration_id = %4$s AND q.target = 0 AND q.key = %5$s$q$,
             r.text_column, r.embedding_column, r.source, r.id, qwen._key_array(r.key_columns, 't'))
         INTO rows_total, rows_with_text, embedded;
+        EXCEPTION WHEN undefined_column OR undefined_table OR datatype_mismatch OR undefined_function THEN
+            rows_total := NULL; rows_with_text := NULL; embedded := NULL;
+            last_error := format('registration %s is broken: %s', r.id, SQLERRM);
+        END;
         coverage := CASE WHEN rows_with_text = 0 THEN NULL ELSE least(embedded::float8 / rows_with_text, 1.0) END;
         SELECT count(*) FILTER (WHERE q.failed_at IS NULL AND NOT (q.leased_by IS NOT NULL
                                   AND q.lease_until >= clock_timestamp() AND qwen._worker_alive(q.leased_by))),
@@ -58,9 +66,11 @@ BEGIN
                clock_timestamp() - min(q.enqueued_at) FILTER (WHERE q.failed_at IS NULL)
           INTO queued, in_flight, failed, oldest_pending_age
           FROM qwen.queue q WHERE q.registration_id = r.id;
-        SELECT q.last_error INTO last_error FROM qwen.queue q
-         WHERE q.registration_id = r.id AND q.last_error IS NOT NULL
-         ORDER BY q.failed_at DESC NULLS LAST, q.not_before DESC LIMIT 1;
+        IF last_error IS NULL THEN
+            SELECT q.last_error INTO last_error FROM qwen.queue q
+             WHERE q.registration_id = r.id AND q.last_error IS NOT NULL
+             ORDER BY q.failed_at DESC NULLS LAST, q.not_before DESC LIMIT 1;
+        END IF;
         SELECT count(*) INTO workers FROM qwen.workers w
          WHERE (w.model = r.model OR w.model = r.next_model)
            AND w.heartbeat_at >= clock_timestamp() - 3 * w.heartbeat_interval;
