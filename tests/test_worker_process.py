@@ -85,7 +85,7 @@ def test_the_worker_reconnects_after_a_database_restart_and_finishes(pg_server, 
         conn.execute(f"INSERT INTO docs SELECT g, {LONG_TEXT} FROM generate_series(1001, 1030) g")
         wait_for(lambda: conn.execute("SELECT qwen.pending_count(%s)", (model,)).fetchone()[0] == 0,
                  what="the queue to drain after the restart")
-        assert status(conn, "docs")["workers"] == 1
+        wait_for(lambda: status(conn, "docs")["workers"] == 1, what="the heartbeat to come back")
     finally:
         worker.send_signal(signal.SIGTERM)
         code = worker.wait(timeout=60)
