@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import httpx
 import numpy as np
 import psycopg
 import pytest
@@ -131,3 +132,41 @@ def test_statement_timeout_cancels_a_waiting_call(held_worker_conn):
         held_worker_conn.execute("SELECT qwen_embed('q')")
     held_worker_conn.execute("RESET statement_timeout")
     assert held_worker_conn.execute("SELECT 1").fetchone() == (1,)  # the session survives
+
+
+def _embedding_requests(worker) -> float:
+    transport = httpx.HTTPTransport(uds=worker.url.removeprefix("unix://"))
+    text = httpx.Client(transport=transport).get("http://w/metrics").text
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith('qwen_server_requests_total{endpoint="/v1/embeddings"'))
+
+
+@pytest.mark.parametrize("scan", ["enable_seqscan", "enable_indexscan"])
+def test_one_statement_asks_the_worker_once(wconn, tiny_worker, tiny_embedder, scan):
+    """PostgreSQL calls a STABLE function k + 1 times under an index scan and once per row under a sort;
+    qwen_embed memoises its last result, so the worker sees one request either way."""
+    wconn.execute(f"CREATE TABLE notes (id int PRIMARY KEY, emb vector({tiny_embedder.info.dimension}))")
+    vectors = tiny_embedder.embed([f"note {i}" for i in range(30)]).vectors
+    with wconn.cursor() as cur:
+        cur.executemany("INSERT INTO notes VALUES (%s, %s)", list(enumerate(vectors)))
+    wconn.execute("CREATE INDEX ON notes USING hnsw (emb vector_cosine_ops)")
+    wconn.execute(f"SET {scan} = off")
+    query = "SELECT id FROM notes ORDER BY emb <=> qwen_embed('note 7 again', 'memory') LIMIT 3"
+    before = _embedding_requests(tiny_worker)
+    ids = [r[0] for r in wconn.execute(query)]
+    assert _embedding_requests(tiny_worker) == before + 1
+    q = tiny_embedder.embed(["note 7 again"], instruction=TASK_PRESETS["memory"]).vectors[0]
+    assert ids == list(np.argsort(-(vectors @ q), kind="stable")[:3])
+
+
+def test_the_memo_is_keyed_by_every_argument(wconn, tiny_embedder):
+    with wconn.transaction():
+        a = wconn.execute("SELECT qwen_embed('same text', 'memory')").fetchone()[0].to_numpy()
+        b = wconn.execute("SELECT qwen_embed('same text', 'code')").fetchone()[0].to_numpy()
+        c = wconn.execute("SELECT qwen_embed('same text', 'memory', dimensions => 32)").fetchone()[0].to_numpy()
+        d = wconn.execute("SELECT qwen_embed('same text')").fetchone()[0].to_numpy()
+    np.testing.assert_allclose(b, tiny_embedder.embed(["same text"], instruction=TASK_PRESETS["code"]).vectors[0],
+                               atol=1e-6)
+    assert c.shape == (32,)
+    np.testing.assert_allclose(d, tiny_embedder.embed(["same text"]).vectors[0], atol=1e-6)
+    assert not np.allclose(a, b)

@@ -27,13 +27,19 @@ $$;
 -- qwen_embed: the query form (instruction + text) when a task is given, else the document form.
 -- STABLE (one value per statement for the same arguments), so in
 --   ORDER BY embedding <=> qwen_embed('q', 'memory') LIMIT k
--- the planner evaluates it once and uses the HNSW index.
+-- the planner uses the HNSW index. PostgreSQL still calls a STABLE function more than once in such a
+-- statement (k + 1 times for an index scan, once per row for a sort), so the last result is memoised
+-- for the rest of the transaction in two transaction-local settings, keyed by a digest of the worker
+-- URL and all arguments: the worker is asked once, the other calls only parse the cached vector.
 CREATE FUNCTION @extschema@.qwen_embed(input text, task text DEFAULT NULL, dimensions int DEFAULT NULL,
                                        model text DEFAULT NULL)
 RETURNS @extschema:vector@.vector
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    cache_key text;
+    result @extschema:vector@.vector;
 BEGIN
     IF input IS NULL THEN
         RETURN NULL;
@@ -42,7 +48,15 @@ BEGIN
         RAISE EXCEPTION 'dimensions must be positive, got %', dimensions
             USING HINT = 'Qwen3 embeddings support Matryoshka dimensions from 32 up to the model''s full size; NULL means full.';
     END IF;
-    RETURN qwen._embed(input, task, dimensions, model);
+    cache_key := md5(format('%s|%s|%s|%s|%s', quote_nullable(current_setting('qwen.worker_url')),
+                            quote_nullable(task), quote_nullable(dimensions), quote_nullable(model), input));
+    IF current_setting('qwen_embed_cache.key', true) = cache_key THEN
+        RETURN current_setting('qwen_embed_cache.vector')::@extschema:vector@.vector;
+    END IF;
+    result := qwen._embed(input, task, dimensions, model);
+    PERFORM set_config('qwen_embed_cache.vector', result::text, true),
+            set_config('qwen_embed_cache.key', cache_key, true);
+    RETURN result;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.qwen_embed(text, text, int, text) IS
