@@ -114,3 +114,13 @@ def test_a_change_re_queues_a_parked_row(docs):
     docs.execute("UPDATE qwen.queue SET failed_at = now(), attempts = 5, last_error = 'boom'")
     docs.execute("UPDATE docs SET body = 'good' WHERE id = 1")
     assert docs.execute("SELECT attempts, failed_at, last_error FROM qwen.queue").fetchall() == [(0, None, None)]
+
+
+def test_a_trigger_on_another_table_cannot_reach_a_registration(docs):
+    docs.execute("UPDATE docs SET body = 'pending' WHERE id = 1")
+    reg = docs.execute("SELECT id FROM qwen.registrations").fetchone()[0]
+    docs.execute("CREATE TABLE intruder (id int PRIMARY KEY, body text)")
+    docs.execute(f"CREATE TRIGGER t AFTER TRUNCATE ON intruder FOR EACH STATEMENT "
+                 f"EXECUTE FUNCTION qwen._sync_truncate('{reg}')")
+    docs.execute("TRUNCATE intruder")
+    assert entries(docs) == {"1": 1}

@@ -127,10 +127,13 @@ CREATE TRIGGER registration_queue AFTER INSERT OR UPDATE ON qwen.registrations
 -- INSERT … SELECT or COPY of a million rows enqueues in one statement. They run as the extension
 -- owner (the writer needs no rights on the queue) and do nothing during the worker's own write-back.
 
-CREATE FUNCTION qwen._sync_registration(p_id text) RETURNS qwen.registrations
+-- The registration a trigger serves, only if the trigger sits on that registration's table: the trigger
+-- functions run as the extension owner, and a trigger someone hangs on another table must not reach
+-- (or empty) a registration that is not theirs.
+CREATE FUNCTION qwen._sync_registration(p_id text, p_table oid) RETURNS qwen.registrations
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT r FROM qwen.registrations r WHERE r.id = p_id::int $$;
+AS $$ SELECT r FROM qwen.registrations r WHERE r.id = p_id::int AND r.source = p_table::regclass $$;
 
 CREATE FUNCTION qwen._in_writeback() RETURNS boolean
 LANGUAGE sql STABLE
@@ -142,7 +145,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    r qwen.registrations := qwen._sync_registration(TG_ARGV[0]);
+    r qwen.registrations := qwen._sync_registration(TG_ARGV[0], TG_RELID);
 BEGIN
     IF r.id IS NULL OR qwen._in_writeback() THEN
         RETURN NULL;
@@ -173,7 +176,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    r qwen.registrations := qwen._sync_registration(TG_ARGV[0]);
+    r qwen.registrations := qwen._sync_registration(TG_ARGV[0], TG_RELID);
     flag text := 'qwen_sync.key_update_' || TG_ARGV[0];
     keys_changed boolean := coalesce(current_setting(flag, true), '') = 'on';
 BEGIN
@@ -208,7 +211,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    r qwen.registrations := qwen._sync_registration(TG_ARGV[0]);
+    r qwen.registrations := qwen._sync_registration(TG_ARGV[0], TG_RELID);
 BEGIN
     IF r.id IS NULL THEN
         RETURN NULL;
@@ -224,7 +227,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    DELETE FROM qwen.queue q WHERE q.registration_id = TG_ARGV[0]::int;
+    DELETE FROM qwen.queue q WHERE q.registration_id = (qwen._sync_registration(TG_ARGV[0], TG_RELID)).id;
     RETURN NULL;
 END
 $$;
