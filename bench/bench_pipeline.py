@@ -11,7 +11,8 @@ Usage:
     .venv/bin/python bench/bench_pipeline.py [--dsn DSN] [--rows 2000] [--db-rows 20000] [--dims 1024]
         [--batch-size 64] [--db-batch-sizes 64 256] [--threads 1] [--tokens 64]
 
-Without --dsn a private embedded PostgreSQL is started in a temporary directory. Prints a Markdown report.
+Without --dsn a private embedded PostgreSQL is started in a temporary directory. Prints a Markdown report;
+QWEN_BENCH_VERBOSE=1 also prints how each pipeline run splits between the INSERT and the worker.
 """
 
 from __future__ import annotations
