@@ -76,20 +76,21 @@ def ms(seconds: float) -> str:
 
 
 def bench_overhead(dsn: str, embedder, repeat: int) -> dict[str, float]:
-    """Direct backend calls and SQL calls interleaved, so both see the same load on a shared machine."""
+    """Direct backend calls and SQL calls interleaved, so both see the same load on a shared machine.
+    Each SQL call is its own transaction with a new text, so qwen_embed's per-transaction memo never hits."""
     instruction = TASK_PRESETS["memory"]
-    text = QUERIES[0]
     direct: list[float] = []
     sql: list[float] = []
-    with psycopg.connect(dsn) as conn:
-        def embed_sql() -> object:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        def embed_sql(text: str) -> object:
             return conn.execute("SELECT qwen_embed(%s, 'memory')", (text,), prepare=True).fetchone()
 
-        embed_sql()  # warm-up (connection, plan, server)
-        embedder.embed([text], instruction=instruction)
-        for _ in range(repeat):
-            direct += timed(lambda: embedder.embed([text], instruction=instruction), 1)
-            sql += timed(embed_sql, 1)
+        embed_sql(QUERIES[0])  # warm-up (connection, plan, server)
+        embedder.embed([QUERIES[0]], instruction=instruction)
+        for i in range(repeat):
+            text = f"{QUERIES[i % len(QUERIES)]} #{i}"
+            direct += timed(lambda t=text: embedder.embed([t], instruction=instruction), 1)
+            sql += timed(lambda t=text: embed_sql(t), 1)
     return {"direct": statistics.median(direct), "sql": statistics.median(sql),
             "overhead": statistics.median(sql) - statistics.median(direct)}
 
@@ -142,19 +143,20 @@ class NullEmbedder:
 
 
 def bench_transport(dsn: str, repeat: int) -> dict[str, float]:
-    """SELECT qwen_embed(...) against the null backend vs SELECT of a constant vector, interleaved."""
-    with psycopg.connect(dsn) as conn:
-        def run(sql: str) -> object:
-            return conn.execute(sql, prepare=True).fetchone()
+    """SELECT qwen_embed(...) against the null backend vs SELECT of a constant vector, interleaved;
+    autocommit and a new text per call, so the memo never hits."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        def run(sql: str, *params: object) -> object:
+            return conn.execute(sql, params, prepare=True).fetchone()
 
-        embed_sql = "SELECT qwen_embed('what did I say about topic number 3 last week', 'memory')"
+        embed_sql = "SELECT qwen_embed(%s, 'memory')"
         local_sql = "SELECT array_fill(0.03125::real, ARRAY[1024])::vector"
-        run(embed_sql)
+        run(embed_sql, "warm-up")
         run(local_sql)
         embed: list[float] = []
         local: list[float] = []
-        for _ in range(repeat):
-            embed += timed(lambda: run(embed_sql), 1)
+        for i in range(repeat):
+            embed += timed(lambda i=i: run(embed_sql, f"what did I say about topic number {i} last week"), 1)
             local += timed(lambda: run(local_sql), 1)
     return {"embed": statistics.median(embed), "local": statistics.median(local),
             "overhead": statistics.median(embed) - statistics.median(local)}
