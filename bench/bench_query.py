@@ -13,18 +13,19 @@ Models are random Qwen3 models with the real tokenizer (no weights can be downlo
 (hidden 64, 2 layers), `small` (hidden 256, 4 layers) or `mid` (hidden 512, 8 layers; ≈ 25 M parameters
 besides the 151k-token embedding table);
 compute cost, not quality, is what matters for these numbers. The request server runs in a process of
-its own, as `qwen-pg worker --listen` does; the SQL clients are threads of this process.
+its own, as `qwen-pg worker --listen` does; the SQL clients are asyncio sessions (throughput) or one
+session (latency) of this process.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import multiprocessing
 import os
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -96,28 +97,27 @@ def bench_overhead(dsn: str, embedder, repeat: int) -> dict[str, float]:
 
 
 def bench_throughput(dsn: str, clients: int, per_client: int) -> float:
-    """Queries per second of `clients` sessions each calling qwen_embed `per_client` times."""
-    conns = [psycopg.connect(dsn, autocommit=True) for _ in range(clients)]
-    for c in conns:
-        c.execute("SELECT qwen_embed('warm-up', 'memory')").fetchone()
-    start = threading.Barrier(clients + 1)
+    """Queries per second of `clients` sessions each calling qwen_embed `per_client` times (asyncio
+    clients: one thread drives all sessions, so the client side costs little CPU)."""
 
-    def client(i: int, conn: psycopg.Connection) -> None:
-        start.wait()
-        for j in range(per_client):
-            conn.execute("SELECT qwen_embed(%s, 'memory')", (QUERIES[(i + j) % len(QUERIES)],)).fetchone()
+    async def run() -> float:
+        conns = [await psycopg.AsyncConnection.connect(dsn, autocommit=True) for _ in range(clients)]
+        for c in conns:
+            await (await c.execute("SELECT qwen_embed('warm-up', 'memory')")).fetchone()
 
-    threads = [threading.Thread(target=client, args=(i, c)) for i, c in enumerate(conns)]
-    for t in threads:
-        t.start()
-    start.wait()
-    started = time.perf_counter()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
-    for c in conns:
-        c.close()
-    return clients * per_client / elapsed
+        async def client(i: int, conn: psycopg.AsyncConnection) -> None:
+            for j in range(per_client):
+                text = f"{QUERIES[(i + j) % len(QUERIES)]} #{i}.{j}"
+                await (await conn.execute("SELECT qwen_embed(%s, 'memory')", (text,))).fetchone()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client(i, c) for i, c in enumerate(conns)))
+        elapsed = time.perf_counter() - started
+        for c in conns:
+            await c.close()
+        return clients * per_client / elapsed
+
+    return asyncio.run(run())
 
 
 def mean_batch_requests(socket_path: Path) -> float:
