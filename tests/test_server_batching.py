@@ -91,10 +91,19 @@ def test_without_micro_batching_each_request_has_its_own_pass():
     assert len(embedder.calls) == 5
 
 
-def test_a_backend_error_reaches_every_request_of_the_pass():
-    embedder = FakeEmbedder()
+def test_a_failing_request_does_not_fail_the_requests_merged_with_it():
+    class Poisoned(FakeEmbedder):
+        def embed(self, texts, **kw):
+            if any("poison" in t for t in texts):
+                raise ValueError("this input cannot be embedded")
+            return super().embed(texts, **kw)
+
+    embedder = Poisoned()
     with start_server(f"unix://{socket_dir()}/w.sock", embedder) as handle:
-        bodies = [{"input": "first"}, {"input": "a", "dimensions": 8}, {"input": "b", "dimensions": 8}]
+        bodies = [{"input": "first"}, {"input": "a"}, {"input": "poison"}, {"input": "b"}]
         responses = _post_concurrently(handle.url, bodies, embedder)
-    assert [r.status_code for r in responses] == [200, 400, 400]
-    assert all("dimensions must be between" in r.json()["error"]["message"] for r in responses[1:])
+    assert [r.status_code for r in responses] == [200, 200, 400, 200]
+    assert responses[2].json()["error"]["message"] == "this input cannot be embedded"
+    expected = FakeEmbedder().embed(["b"]).vectors[0]
+    np.testing.assert_allclose(responses[3].json()["data"][0]["embedding"], expected, atol=1e-7)
+    assert embedder.calls[1:] == [["a"], ["b"]]  # after the merged pass failed, each ran alone

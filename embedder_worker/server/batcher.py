@@ -183,10 +183,13 @@ class EmbeddingBatcher:
         try:
             result = await asyncio.get_running_loop().run_in_executor(
                 self._executor, functools.partial(self._embedder.embed, texts, dimensions=batch[0].dimensions))
-        except Exception as exc:  # the error belongs to every request of the pass
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(exc)
+        except Exception as exc:
+            if len(batch) > 1:
+                # One bad request must not fail the others merged with it: run each on its own.
+                for p in batch:
+                    await self._forward([p])
+            elif not batch[0].future.done():
+                batch[0].future.set_exception(exc)
             return
         self._metrics.forward_latency.labels(self.kind).observe(time.perf_counter() - started)
         self._metrics.batch_inputs.labels(self.kind).observe(len(texts))
