@@ -234,6 +234,12 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Ask the table''s owner or a superuser to call qwen_register.';
     END IF;
+    -- in a SQL_ASCII database the bytes of a text have no declared meaning (and may not be UTF-8):
+    -- the worker could neither decode nor embed them
+    IF current_setting('server_encoding') = 'SQL_ASCII' THEN
+        RAISE EXCEPTION 'database % has encoding SQL_ASCII; qwen cannot know what its texts mean', current_database()
+            USING HINT = 'Create the database with ENCODING ''UTF8'' (any encoding but SQL_ASCII works) and move the data there.';
+    END IF;
     IF index_mode IS NULL OR index_mode NOT IN ('immediate', 'deferred', 'none') THEN
         RAISE EXCEPTION 'index_mode must be ''immediate'', ''deferred'' or ''none'', got %', coalesce(quote_literal(index_mode), 'NULL')
             USING HINT = '''deferred'' builds the HNSW index once the backfill has finished (fastest).';
