@@ -9,6 +9,8 @@ test_queue_consumer), table without a primary key and non-text columns (test_reg
 
 from __future__ import annotations
 
+import os
+
 import httpx
 import numpy as np
 import psycopg
@@ -270,3 +272,28 @@ def test_invalid_utf8_sent_from_sql_is_a_clear_error(conn, fake_server):
     with pytest.raises(psycopg.Error, match="qwen worker returned HTTP 400: the request body is not valid JSON"):
         conn.execute("SELECT qwen._worker_request('/v1/embeddings', '\\x7b22696e707574223a2022ff227d'::bytea)")
     assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_sql_ascii_database_is_refused_at_registration_and_its_bytes_never_reach_a_model(pg_server, fake_server):
+    """SQL_ASCII stores any bytes (e.g. invalid UTF-8) with no meaning attached: the worker could not
+    decode them, so registration says so; in-query calls stop at PostgreSQL's own UTF-8 check."""
+    from tests.fixtures.db import drop_database
+
+    name = f"qwen_sql_ascii_{os.getpid()}"
+    with psycopg.connect(pg_server.admin_dsn, autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {name}")
+        c.execute(f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    try:
+        with psycopg.connect(pg_server.dsn(name), autocommit=True) as c:
+            c.execute("CREATE EXTENSION qwen CASCADE")
+            c.execute("CREATE TABLE t (id int PRIMARY KEY, body text)")
+            c.execute("INSERT INTO t VALUES (1, E'caf\\xe9 is Latin-1, not UTF-8')")
+            with pytest.raises(psycopg.errors.RaiseException, match="encoding SQL_ASCII") as caught:
+                c.execute("SELECT qwen_register('t', 'body', model => 'm', dimensions => 8)")
+            assert "UTF8" in caught.value.diag.message_hint
+            c.execute(sql.SQL("SET qwen.worker_url = {}").format(sql.Literal(fake_server.url)))
+            with pytest.raises(psycopg.Error, match='invalid byte sequence for encoding "UTF8"'):
+                c.execute("SELECT qwen_embed(body) FROM t")
+            assert c.execute("SELECT count(*) FROM t").fetchone() == (1,)
+    finally:
+        drop_database(pg_server, name)
