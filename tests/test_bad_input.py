@@ -250,16 +250,19 @@ def test_malformed_bodies_get_a_400_and_the_server_keeps_serving(client, body, s
     assert client.post("/v1/embeddings", json={"input": "still serving"}).status_code == 200
 
 
-def test_an_oversized_body_is_refused_with_413_before_it_is_read(client):
-    from embedder_worker.server.app import MAX_BODY_BYTES
+def test_an_oversized_body_is_refused_with_413_before_it_is_read(client, monkeypatch):
+    from embedder_worker.server import app
 
-    r = client.post("/v1/embeddings", content=b" " * (MAX_BODY_BYTES + 1),
+    assert app.MAX_BODY_BYTES == 64 * 2**20
+    monkeypatch.setattr(app, "MAX_BODY_BYTES", 2**20)  # the same check, without shipping 64 MiB in a test
+    limit = app.MAX_BODY_BYTES
+    r = client.post("/v1/embeddings", content=b" " * (limit + 1),
                     headers={"content-type": "application/json"})
     assert r.status_code == 413
     assert "larger than" in r.json()["error"]["message"]
 
     def chunks():  # no Content-Length: the limit holds for streamed bodies as well
-        for _ in range(MAX_BODY_BYTES // 2**20 + 1):
+        for _ in range(limit // 2**20 + 1):
             yield b" " * 2**20
 
     r = client.post("/v1/embeddings", content=chunks(), headers={"content-type": "application/json"})
