@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -261,6 +262,7 @@ def main() -> None:
               f"100 scalar calls {ms(r['scalar_calls'])} ({r['scalar_calls'] / r['one_call']:.1f}x)")
     finally:
         server.stop(mode="immediate")
+        shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":
