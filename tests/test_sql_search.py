@@ -104,6 +104,15 @@ def test_filter_values_are_bound_and_columns_checked(memories):
         memories.execute("SELECT * FROM qwen_search('x', filter => '[1]')")
 
 
+def test_bad_arguments_fail_before_the_worker_is_asked(memories):
+    memories.execute("SELECT set_config('qwen.worker_url', 'unix:///tmp/qwen-nowhere/worker.sock', false)")
+    for call, message in [("""qwen_search('x', filter => '{"nope": 1}')""", 'filter column "nope"'),
+                          ("qwen_search('x', k => 0)", "k must be between"),
+                          ("qwen_search('x', source => 'pg_class')", "has no qwen registration")]:
+        with pytest.raises(psycopg.Error, match=message):
+            memories.execute(f"SELECT * FROM {call}")
+
+
 def test_a_filter_on_several_columns_and_null(memories, tiny_embedder):
     rows = memories.execute(
         """SELECT key FROM qwen_search('city', 'memory', 10, filter => '{"user_id": "carol", "id": 10}')""").fetchall()

@@ -140,17 +140,9 @@ BEGIN
             coalesce(column_type, 'missing'), reg.vector_type, reg.dimensions
             USING HINT = 'The column was changed outside qwen; re-register the table (qwen_unregister, qwen_register).';
     END IF;
-    IF query IS NULL THEN
-        RETURN;
-    END IF;
-    query_vector := qwen._embed(query, task, reg.dimensions, reg.model);
-    IF @extschema:vector@.vector_dims(query_vector) <> reg.dimensions THEN
-        RAISE EXCEPTION 'the worker returned a %-dimensional query vector, column %.% holds %',
-            @extschema:vector@.vector_dims(query_vector), reg.source, quote_ident(reg.embedding_column), reg.dimensions
-            USING HINT = 'qwen.worker_url must point at a worker serving the registered model ' || quote_literal(reg.model);
-    END IF;
     fetch_n := CASE WHEN rerank THEN greatest(candidates, k) ELSE k END;
 
+    -- Built (and the filter checked) before the worker is asked.
     -- $1 query vector, $2 how many, $3 filter. The ORDER BY is the index's operator on the bare
     -- column, so the HNSW index serves it; the MATERIALIZED CTE then restores the exact order
     -- that relaxed_order iterative scans may loosen.
@@ -168,6 +160,16 @@ BEGIN
         reg.source,
         reg.embedding_column, qwen._search_filter_sql(reg.source, filter, 3),
         reg.embedding_column, reg.vector_type);
+
+    IF query IS NULL THEN
+        RETURN;
+    END IF;
+    query_vector := qwen._embed(query, task, reg.dimensions, reg.model);
+    IF @extschema:vector@.vector_dims(query_vector) <> reg.dimensions THEN
+        RAISE EXCEPTION 'the worker returned a %-dimensional query vector, column %.% holds %',
+            @extschema:vector@.vector_dims(query_vector), reg.source, quote_ident(reg.embedding_column), reg.dimensions
+            USING HINT = 'qwen.worker_url must point at a worker serving the registered model ' || quote_literal(reg.model);
+    END IF;
 
     IF NOT rerank THEN
         RETURN QUERY EXECUTE stmt USING query_vector, fetch_n, filter;
