@@ -56,7 +56,7 @@ BEGIN
         RAISE EXCEPTION 'dimensions must be positive, got %', dimensions
             USING HINT = 'Qwen3 embeddings support Matryoshka dimensions from 32 up to the model''s full size; NULL means full.';
     END IF;
-    cache_key := md5(format('%s|%s|%s|%s|%s', quote_nullable(current_setting('qwen.worker_url')),
+    cache_key := md5(format('%s|%s|%s|%s|%s', quote_nullable(current_setting('qwen.worker_url', true)),
                             quote_nullable(task), quote_nullable(dimensions), quote_nullable(model), input));
     IF current_setting('qwen_embed_cache.key', true) = cache_key THEN
         reply := decode(current_setting('qwen_embed_cache.reply'), 'base64');
