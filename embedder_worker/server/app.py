@@ -41,8 +41,9 @@ def error_response(status: int, message: str, kind: str = "invalid_request_error
 
 def _check_model(requested: str | None, info: ModelInfo) -> None:
     """A request naming another model must fail: its vectors would not be comparable with the table's.
-    A hub id and a local folder of the same model match by their last path component."""
-    if requested is None or requested == info.name:
+    A hub id and a local folder of the same model match by their last path component. An empty name
+    is no name (what OpenAI clients send when none is configured)."""
+    if not requested or requested == info.name:
         return
     if PurePath(requested).name == PurePath(info.name).name:
         return

@@ -81,43 +81,20 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION @extschema@.qwen_search(
-    query text,
-    task text DEFAULT 'web_search',
-    k int DEFAULT 10,
-    source regclass DEFAULT NULL,
-    filter jsonb DEFAULT NULL,
-    rerank boolean DEFAULT false,
-    candidates int DEFAULT 50,
-    embedding_column name DEFAULT NULL)
-RETURNS TABLE (key jsonb, score double precision, text text)
-LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED
+-- The registration to search, checked, and the statement that searches it as the caller:
+-- $1 query vector, $2 how many, $3 filter. Shared by qwen_search and qwen_search_vector.
+CREATE FUNCTION qwen._search_prepare(p_source regclass, p_embedding_column name, p_filter jsonb,
+                                     OUT reg qwen.registrations, OUT stmt text)
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
-SET hnsw.iterative_scan = relaxed_order
 AS $$
-#variable_conflict use_variable
 DECLARE
-    reg qwen.registrations;
     searched regclass;
     column_type text;
     column_type_name name;
     column_typmod int;
-    query_vector @extschema:vector@.vector;
-    fetch_n int;
-    stmt text;
-    keys jsonb[];
-    texts text[];
 BEGIN
-    IF k IS NULL OR k < 1 OR k > qwen._search_limit() THEN
-        RAISE EXCEPTION 'k must be between 1 and %, got %', qwen._search_limit(), coalesce(k::text, 'NULL')
-            USING HINT = 'k is the number of rows to return.';
-    END IF;
-    IF rerank AND (candidates IS NULL OR candidates < 1 OR candidates > qwen._search_limit()) THEN
-        RAISE EXCEPTION 'candidates must be between 1 and %, got %', qwen._search_limit(),
-            coalesce(candidates::text, 'NULL')
-            USING HINT = 'candidates is how many nearest rows the reranker reorders (e.g. 50).';
-    END IF;
-    reg := qwen._search_registration(source, embedding_column);
+    reg := qwen._search_registration(p_source, p_embedding_column);
     -- Lock the table, then read the registration again: qwen_alter swaps the column and the
     -- registration in one transaction under an exclusive lock, so after this the two agree.
     -- (VOLATILE, so that this second read takes a fresh snapshot.) Without SELECT on the table
@@ -140,12 +117,9 @@ BEGIN
             coalesce(column_type, 'missing'), reg.vector_type, reg.dimensions
             USING HINT = 'The column was changed outside qwen; re-register the table (qwen_unregister, qwen_register).';
     END IF;
-    fetch_n := CASE WHEN rerank THEN greatest(candidates, k) ELSE k END;
 
-    -- Built (and the filter checked) before the worker is asked.
-    -- $1 query vector, $2 how many, $3 filter. The ORDER BY is the index's operator on the bare
-    -- column, so the HNSW index serves it; the MATERIALIZED CTE then restores the exact order
-    -- that relaxed_order iterative scans may loosen.
+    -- The ORDER BY is the index's operator on the bare column, so the HNSW index serves it; the
+    -- MATERIALIZED CTE then restores the exact order that relaxed_order iterative scans may loosen.
     stmt := format(
         'WITH c AS MATERIALIZED ('
         '  SELECT jsonb_build_object(%s) AS key, t.%I::text AS text, t.%I OPERATOR(@extschema:vector@.<=>) $1::@extschema:vector@.%s AS distance'
@@ -158,8 +132,57 @@ BEGIN
            FROM unnest(reg.key_columns) WITH ORDINALITY AS u(kc, i)),
         reg.text_column, reg.embedding_column, reg.vector_type,
         reg.source,
-        reg.embedding_column, qwen._search_filter_sql(reg.source, filter, 3),
+        reg.embedding_column, qwen._search_filter_sql(reg.source, p_filter, 3),
         reg.embedding_column, reg.vector_type);
+END
+$$;
+
+CREATE FUNCTION qwen._check_k(k int, what text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF k IS NULL OR k < 1 OR k > qwen._search_limit() THEN
+        RAISE EXCEPTION '% must be between 1 and %, got %', what, qwen._search_limit(), coalesce(k::text, 'NULL')
+            USING HINT = CASE what WHEN 'k' THEN 'k is the number of rows to return.'
+                         ELSE 'candidates is how many nearest rows the reranker reorders (e.g. 50).' END;
+    END IF;
+END
+$$;
+
+CREATE FUNCTION @extschema@.qwen_search(
+    query text,
+    task text DEFAULT 'web_search',
+    k int DEFAULT 10,
+    source regclass DEFAULT NULL,
+    filter jsonb DEFAULT NULL,
+    rerank boolean DEFAULT false,
+    candidates int DEFAULT 50,
+    embedding_column name DEFAULT NULL)
+RETURNS TABLE (key jsonb, score double precision, text text)
+LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED
+SET search_path = pg_catalog, pg_temp
+SET hnsw.iterative_scan = relaxed_order
+AS $$
+#variable_conflict use_variable
+DECLARE
+    prepared record;
+    reg qwen.registrations;
+    query_vector @extschema:vector@.vector;
+    fetch_n int;
+    stmt text;
+    keys jsonb[];
+    texts text[];
+BEGIN
+    PERFORM qwen._check_k(k, 'k');
+    IF rerank THEN
+        PERFORM qwen._check_k(candidates, 'candidates');
+    END IF;
+    -- the registration, the caller's access and the filter are checked before the worker is asked
+    SELECT * INTO prepared FROM qwen._search_prepare(source, embedding_column, filter);
+    reg := prepared.reg;
+    stmt := prepared.stmt;
+    fetch_n := CASE WHEN rerank THEN greatest(candidates, k) ELSE k END;
 
     IF query IS NULL THEN
         RETURN;
@@ -192,3 +215,41 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.qwen_search(text, text, int, regclass, jsonb, boolean, int, name) IS
   'Semantic search over a registered table as the caller: (key, score, text) best first; filter => jsonb equality on columns; rerank => true reorders the nearest candidates with the reranker';
+
+-- The database half of qwen_search for a query vector computed elsewhere (the Python client in
+-- SQL-only mode, or an application's own embedding): same registration choice, checks, access
+-- rules, filter and order.
+CREATE FUNCTION @extschema@.qwen_search_vector(
+    query_vector @extschema:vector@.vector,
+    k int DEFAULT 10,
+    source regclass DEFAULT NULL,
+    filter jsonb DEFAULT NULL,
+    embedding_column name DEFAULT NULL)
+RETURNS TABLE (key jsonb, score double precision, text text)
+LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED
+SET search_path = pg_catalog, pg_temp
+SET hnsw.iterative_scan = relaxed_order
+AS $$
+#variable_conflict use_variable
+DECLARE
+    prepared record;
+    reg qwen.registrations;
+    stmt text;
+BEGIN
+    PERFORM qwen._check_k(k, 'k');
+    SELECT * INTO prepared FROM qwen._search_prepare(source, embedding_column, filter);
+    reg := prepared.reg;
+    stmt := prepared.stmt;
+    IF query_vector IS NULL THEN
+        RETURN;
+    END IF;
+    IF @extschema:vector@.vector_dims(query_vector) <> reg.dimensions THEN
+        RAISE EXCEPTION 'the query vector has % dimensions, column %.% holds %',
+            @extschema:vector@.vector_dims(query_vector), reg.source, quote_ident(reg.embedding_column), reg.dimensions
+            USING HINT = format('Embed the query with model %L at dimensions => %s.', reg.model, reg.dimensions);
+    END IF;
+    RETURN QUERY EXECUTE stmt USING query_vector, k, filter;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.qwen_search_vector(@extschema:vector@.vector, int, regclass, jsonb, name) IS
+  'qwen_search for an already computed query vector: (key, score, text) nearest first, as the caller';
