@@ -19,7 +19,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from .model import qwen3
-from .model.remote_backend import RemoteEmbedder, RemoteReranker
+from .model.remote_backend import RemoteEmbedder, RemoteError, RemoteReranker, _RemoteClient
 
 DEFAULT_SEARCH_TASK = "web_search"
 
@@ -39,6 +39,19 @@ class WorkerClient:
         self._options: dict[str, Any] = {"url": url, "api_key": token, "timeout": timeout, "retries": retries}
         self._embedders: dict[str | None, RemoteEmbedder] = {}
         self._reranker: RemoteReranker | None = None
+        self._http = _RemoteClient(url, api_key=token, timeout=timeout, retries=0, backoff=0.0)
+
+    def health(self) -> dict[str, Any]:
+        """The worker's `/health` reply (its models); RemoteError when it does not answer."""
+        import httpx
+
+        try:
+            response = self._http.client.get("/health")
+        except httpx.TransportError as exc:
+            raise RemoteError(f"{self.url} is unreachable ({exc.__class__.__name__})") from exc
+        if response.status_code != 200:
+            raise RemoteError(f"{self.url}/health returned HTTP {response.status_code}")
+        return response.json()
 
     def _embedder(self, model: str | None) -> RemoteEmbedder:
         # one per model name: the worker refuses a request naming a model it does not serve

@@ -83,3 +83,11 @@ def test_sql_only_mode_searches_through_the_client(bare_db, tiny_worker, tiny_mo
         assert {h.text for h in hits} == {"I prefer coffee, black", "Paris is in France"}
         with pytest.raises(psycopg.errors.FeatureNotSupported):
             conn.execute("SELECT * FROM qwen_search('coffee')")
+
+
+def test_health_names_the_models_and_an_absent_worker_is_a_clear_error(client, tmp_path):
+    from embedder_worker.model.remote_backend import RemoteError
+
+    assert client.health()
+    with pytest.raises(RemoteError, match="unreachable"):
+        WorkerClient(f"unix://{tmp_path}/absent.sock").health()

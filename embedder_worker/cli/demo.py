@@ -130,22 +130,20 @@ def _start_worker(dsn: str, model: str, reranker: str, url: str, log: Path) -> s
 
 
 def _wait_for_worker(worker: subprocess.Popen, url: str, log: Path, timeout: float = 300.0) -> None:
-    import httpx
+    from ..client import WorkerClient
+    from ..model.remote_backend import RemoteError
 
-    path = url[len("unix://"):]
+    client = WorkerClient(url, timeout=2.0)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if worker.poll() is not None:
             raise RuntimeError(f"the worker exited with status {worker.returncode}: "
                                f"{log.read_text(errors='replace').strip().splitlines()[-1:]}")
-        if os.path.exists(path):
-            try:
-                with httpx.Client(transport=httpx.HTTPTransport(uds=path), timeout=2) as client:
-                    if client.get("http://localhost/health").status_code == 200:
-                        return
-            except httpx.HTTPError:
-                pass
-        time.sleep(0.2)
+        try:
+            client.health()
+            return
+        except RemoteError:
+            time.sleep(0.2)
     raise RuntimeError(f"the worker did not become ready within {timeout:.0f} s; see {log}")
 
 
