@@ -14,7 +14,6 @@ In env.py: `import embedder_worker.alembic  # noqa: F401`.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from alembic.autogenerate import comparators, renderers
@@ -168,7 +167,3 @@ def _render_drop(autogen_context: AutogenContext, op: DropQwenEmbeddingOp) -> st
         extra["schema"] = op.schema
     args = f"{op.table_name!r}, {op.embedding_column!r}"
     return f"op.drop_qwen_embedding({args}{', ' + _render_args(**extra) if extra else ''})"
-
-
-def migrations_dir() -> Path:
-    return Path(version_location()).parent

@@ -16,6 +16,7 @@ from embedder_worker.orm import (
     embedding_column,
     qwen_query,
     qwen_rerank,
+    qwen_rerank_score,
     qwen_search,
     register_embeddings,
     registered_embeddings,
@@ -117,6 +118,8 @@ def test_qwen_search_and_rerank_as_table_valued_functions(app):
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
         ranked = session.execute(select(qwen_rerank("capital of China", TEXTS[:3]))).all()
         assert sorted(r.index for r in ranked) == [1, 2, 3]
+        scalar = session.execute(select(qwen_rerank_score("capital of China", TEXTS[ranked[0].index - 1])))
+        assert scalar.scalar_one() == pytest.approx(ranked[0].score, abs=1e-6)
 
 
 def test_async_session_runs_the_same_query(app):

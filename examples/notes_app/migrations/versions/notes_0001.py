@@ -10,14 +10,14 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import embedder_worker.alembic  # noqa: F401  (registers the qwen operations)
+from embedder_worker.alembic import QWEN_BASE_REVISION  # importing registers the qwen operations
 from embedder_worker.orm import vector_type_for
 from examples.notes_app.models import DIMENSIONS, MODEL
 
 revision = "notes_0001"
 down_revision = None
 branch_labels = ("notes",)
-depends_on = ("qwen_0_1_0",)
+depends_on = (QWEN_BASE_REVISION,)  # the qwen schema must exist first
 
 
 def upgrade() -> None:
