@@ -1,7 +1,7 @@
 #ifndef QWEN_H
 #define QWEN_H
 
-#define QWEN_MODULE_VERSION "0.1.0"
+#define QWEN_MODULE_VERSION "0.2.0"
 
 extern char *qwen_worker_url;
 extern char *qwen_worker_token;

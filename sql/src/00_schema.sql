@@ -8,4 +8,4 @@ GRANT USAGE ON SCHEMA qwen TO PUBLIC;
 CREATE FUNCTION @extschema@.qwen_version() RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT '0.1.0'::text $$;
+AS $$ SELECT '0.2.0'::text $$;
