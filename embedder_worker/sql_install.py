@@ -74,11 +74,43 @@ def sql_only_template(version: str | None = None) -> str:
     return frozen.read_text(encoding="utf-8")
 
 
-def render_script(version: str | None = None, *, schema: str = "public", vector_schema: str = "public") -> str:
-    """The SQL-only install script with the placeholders filled as CREATE EXTENSION would fill them."""
-    script = sql_only_template(version)
+def _fill(script: str, schema: str, vector_schema: str) -> str:
     script = script.replace("@extschema:vector@", _quote_ident(vector_schema))
     return script.replace("@extschema@", _quote_ident(schema))
+
+
+def render_script(version: str | None = None, *, schema: str = "public", vector_schema: str = "public") -> str:
+    """The SQL-only install script with the placeholders filled as CREATE EXTENSION would fill them."""
+    return _fill(sql_only_template(version), schema, vector_schema)
+
+
+def upgrade_template(old: str) -> str:
+    """The SQL-only upgrade from `old` to the current version, placeholders still in: the once-per-version
+    fragments of sql/upgrade/<old>--<current>/ followed by every idempotent source (all but *.ddl.sql),
+    as the extension Makefile builds qwen--<old>--<current>.sql."""
+    fragments = sql_dir() / "upgrade" / f"{old}--{current_version()}"
+    if not fragments.is_dir():
+        raise SQLInstallError(f"no upgrade from qwen {old} to {current_version()} (no {fragments})")
+    paths = sorted(fragments.glob("*.sql")) + [p for p in source_files(c_module=False)
+                                                 if not p.name.endswith(".ddl.sql")]
+    return "\n".join(f"-- ---- {path.name}\n{_EXTENSION_ONLY.sub('', path.read_text(encoding='utf-8'))}"
+                     for path in paths)
+
+
+def upgrade_sql(conn: psycopg.Connection, *, schema: str = "public") -> str:
+    """Upgrade a SQL-only install to the current version in one transaction; returns the version."""
+    with conn.transaction():
+        existing = installed_version(conn)
+        if existing is None:
+            raise SQLInstallError("qwen SQL is not installed here: use install_sql")
+        if existing == current_version():
+            return existing
+        vector_schema = conn.execute(
+            "SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n "
+            "ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
+        ).fetchone()[0]
+        conn.execute(_fill(upgrade_template(existing), schema, vector_schema))
+    return current_version()
 
 
 def freeze(version: str | None = None) -> list[Path]:

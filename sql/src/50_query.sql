@@ -6,7 +6,7 @@
 -- the one place that knows them; an unknown preset name comes back as an ERROR from the worker.
 
 -- POST a JSON body to the worker and parse its JSON reply.
-CREATE FUNCTION qwen._request_json(path text, body jsonb) RETURNS jsonb
+CREATE OR REPLACE FUNCTION qwen._request_json(path text, body jsonb) RETURNS jsonb
 LANGUAGE sql VOLATILE PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -14,7 +14,7 @@ AS $$
 $$;
 
 -- The worker's binary reply for one text: d little-endian float32 values.
-CREATE FUNCTION qwen._embed_request(input text, task text, dimensions int, model text)
+CREATE OR REPLACE FUNCTION qwen._embed_request(input text, task text, dimensions int, model text)
 RETURNS bytea
 LANGUAGE sql VOLATILE PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
@@ -25,7 +25,7 @@ AS $$
 $$;
 
 -- The worker's embedding of one text (binary reply -> vector in C).
-CREATE FUNCTION qwen._embed(input text, task text, dimensions int, model text)
+CREATE OR REPLACE FUNCTION qwen._embed(input text, task text, dimensions int, model text)
 RETURNS @extschema:vector@.vector
 LANGUAGE sql VOLATILE PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
@@ -39,7 +39,7 @@ AS $$ SELECT qwen._vector_from_float32(qwen._embed_request(input, task, dimensio
 -- for the rest of the transaction in two transaction-local settings, keyed by a digest of the worker
 -- URL and all arguments: the worker is asked once, the other calls only decode the cached reply
 -- (kept as base64 of the float32 bytes: far cheaper to write and read than vector text).
-CREATE FUNCTION @extschema@.qwen_embed(input text, task text DEFAULT NULL, dimensions int DEFAULT NULL,
+CREATE OR REPLACE FUNCTION @extschema@.qwen_embed(input text, task text DEFAULT NULL, dimensions int DEFAULT NULL,
                                        model text DEFAULT NULL)
 RETURNS @extschema:vector@.vector
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED

@@ -3,7 +3,7 @@
 -- (index, score) best first; index is 1-based into documents. NULL documents are not scored
 -- (they keep their place in the numbering). instruction: a task preset or sentence; NULL means the
 -- reranker's default instruction.
-CREATE FUNCTION @extschema@.qwen_rerank(query text, documents text[], instruction text DEFAULT NULL,
+CREATE OR REPLACE FUNCTION @extschema@.qwen_rerank(query text, documents text[], instruction text DEFAULT NULL,
                                         top_n int DEFAULT NULL)
 RETURNS TABLE (index int, score double precision)
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
@@ -40,7 +40,7 @@ COMMENT ON FUNCTION @extschema@.qwen_rerank(text, text[], text, int) IS
   'Rerank documents for query in one worker call: (index 1-based, score in [0,1]) best first, at most top_n rows';
 
 -- The relevance of one document (a score in [0, 1]); for many documents use the array form.
-CREATE FUNCTION @extschema@.qwen_rerank(query text, document text, instruction text DEFAULT NULL)
+CREATE OR REPLACE FUNCTION @extschema@.qwen_rerank(query text, document text, instruction text DEFAULT NULL)
 RETURNS double precision
 LANGUAGE sql STABLE PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp

@@ -1,80 +1,17 @@
 -- Registration API: which table column is kept embedded, by which model, into which vector column.
--- qwen_register / qwen_unregister / qwen_alter / qwen_create_index run as the caller (SECURITY
--- INVOKER): the DDL they do (ADD COLUMN, CREATE TRIGGER, CREATE INDEX) needs the table's owner, and
--- row-level security on qwen.registrations lets a role register only tables it owns. The queue work
--- that follows a registration (backfill, re-embed) is done by triggers on qwen.registrations.
-
--- Known models and their full (Matryoshka) dimension, so `dimensions => NULL` means "all of it".
-CREATE TABLE qwen.models (
-    model         text PRIMARY KEY,
-    dimension     int  NOT NULL CHECK (dimension > 0),
-    min_dimension int  NOT NULL DEFAULT 32 CHECK (min_dimension > 0)
-);
-COMMENT ON TABLE qwen.models IS 'embedding models with a known full dimension (matched by name or by last path component)';
-INSERT INTO qwen.models (model, dimension) VALUES
-    ('Qwen/Qwen3-Embedding-0.6B', 1024),
-    ('Qwen/Qwen3-Embedding-4B', 2560),
-    ('Qwen/Qwen3-Embedding-8B', 4096);
-SELECT pg_catalog.pg_extension_config_dump('qwen.models', $$WHERE model NOT LIKE 'Qwen/Qwen3-Embedding-%'$$);
-GRANT SELECT ON qwen.models TO PUBLIC;
-
-CREATE TABLE qwen.registrations (
-    id                  serial PRIMARY KEY,
-    source              regclass NOT NULL,
-    text_column         name NOT NULL,
-    embedding_column    name NOT NULL,
-    model               text NOT NULL,
-    dimensions          int  NOT NULL CHECK (dimensions > 0),
-    vector_type         text NOT NULL CHECK (vector_type IN ('vector', 'halfvec')),
-    key_columns         name[] NOT NULL,
-    key_types           text[] NOT NULL,          -- format_type() of each key column, for casts back from text
-    index_mode          text NOT NULL DEFAULT 'deferred' CHECK (index_mode IN ('immediate', 'deferred', 'none')),
-    index_name          name,                     -- the HNSW index on embedding_column (NULL: none wanted)
-    generation          int  NOT NULL DEFAULT 1,  -- bumped when qwen_alter's re-embed is swapped in
-    backfill_started_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    backfill_done_at    timestamptz,
-    -- a pending qwen_alter: the shadow column being filled by next_model at next_dimensions
-    next_model          text,
-    next_dimensions     int,
-    next_vector_type    text CHECK (next_vector_type IN ('vector', 'halfvec')),
-    next_column         name,
-    next_index_name     name,
-    alter_started_at    timestamptz,
-    created_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    UNIQUE (source, embedding_column),
-    CHECK (pg_catalog.cardinality(key_columns) = pg_catalog.cardinality(key_types) AND pg_catalog.cardinality(key_columns) > 0)
-);
-COMMENT ON TABLE qwen.registrations IS 'one row per embedded table column (qwen_register); read by the worker and qwen_search';
-SELECT pg_catalog.pg_extension_config_dump('qwen.registrations', '');
-SELECT pg_catalog.pg_extension_config_dump('qwen.registrations_id_seq', '');
-
--- Anyone may read the catalogue; a role may only add, change or remove registrations of tables it owns.
-ALTER TABLE qwen.registrations ENABLE ROW LEVEL SECURITY;
-CREATE POLICY registrations_read ON qwen.registrations FOR SELECT USING (true);
-CREATE POLICY registrations_owner ON qwen.registrations FOR ALL
-    USING (pg_catalog.pg_has_role(current_user,
-           (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = source), 'USAGE'))
-    WITH CHECK (pg_catalog.pg_has_role(current_user,
-           (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = source), 'USAGE'));
-GRANT SELECT, INSERT, UPDATE, DELETE ON qwen.registrations TO PUBLIC;
-GRANT USAGE ON SEQUENCE qwen.registrations_id_seq TO PUBLIC;
+-- qwen_register / qwen_unregister / qwen_alter / qwen_create_index / qwen_backfill run as the caller
+-- (SECURITY INVOKER): the DDL they do (ADD COLUMN, CREATE TRIGGER, CREATE INDEX) needs the table's
+-- owner, and row-level security on qwen.registrations lets a role write only registrations of tables it
+-- owns. The queue work that follows a registration (backfill, re-embed) is done by the trigger
+-- qwen._on_registration_change (31_queue_sync.sql).
 
 -- ---------------------------------------------------------------------------------------------
 -- Small helpers that build SQL fragments for a registration (keys are carried as text[]).
 
--- ARRAY[alias.k1::text, alias.k2::text]
-CREATE FUNCTION qwen._key_array(key_columns name[], alias text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT 'ARRAY[' || string_agg(format('%s.%I::text', alias, c), ', ' ORDER BY i) || ']::text[]'
-    FROM unnest(key_columns) WITH ORDINALITY AS u(c, i)
-$$;
-
 -- t.k1 = (keyexpr)[1]::type1 AND … : the cast is on the key side, so the table's primary key index is used.
 -- key_types come from a catalogue row its table's owner may rewrite: each is re-read as a type name
 -- (::regtype, whose output is quoted), never pasted as SQL into the worker's statements.
-CREATE FUNCTION qwen._key_match(key_columns name[], key_types text[], alias text, key_expr text) RETURNS text
+CREATE OR REPLACE FUNCTION qwen._key_match(key_columns name[], key_types text[], alias text, key_expr text) RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -82,17 +19,8 @@ AS $$
     FROM unnest(key_columns, key_types) WITH ORDINALITY AS u(c, t, i)
 $$;
 
--- a.k1 = b.k1 AND …
-CREATE FUNCTION qwen._key_equal(key_columns name[], a text, b text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT string_agg(format('%s.%I = %s.%I', a, c, b, c), ' AND ')
-    FROM unnest(key_columns) AS u(c)
-$$;
-
 -- The full dimension of a known model: exact name, else the last path component ('/models/Qwen3-Embedding-0.6B').
-CREATE FUNCTION qwen._model_dimension(p_model text) RETURNS int
+CREATE OR REPLACE FUNCTION qwen._model_dimension(p_model text) RETURNS int
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -103,13 +31,13 @@ AS $$
     LIMIT 1
 $$;
 
-CREATE FUNCTION qwen._vector_type_for(p_dimensions int) RETURNS text
+CREATE OR REPLACE FUNCTION qwen._vector_type_for(p_dimensions int) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT CASE WHEN p_dimensions <= 2000 THEN 'vector' ELSE 'halfvec' END $$;
 
 -- Resolve (model, dimensions) to a checked dimension count, with the errors users need.
-CREATE FUNCTION qwen._resolve_dimensions(p_model text, p_dimensions int) RETURNS int
+CREATE OR REPLACE FUNCTION qwen._resolve_dimensions(p_model text, p_dimensions int) RETURNS int
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -149,33 +77,19 @@ BEGIN
 END
 $$;
 
--- An identifier no longer than NAMEDATALEN-1 bytes, with a suffix kept whole.
-CREATE FUNCTION qwen._object_name(base text, suffix text) RETURNS name
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$ SELECT (left(base, 63 - octet_length(suffix)) || suffix)::name $$;
-
-CREATE FUNCTION qwen._column_type(p_source regclass, p_column name) RETURNS text
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
-    WHERE a.attrelid = p_source AND a.attname = p_column AND a.attnum > 0 AND NOT a.attisdropped
-$$;
-
-CREATE FUNCTION qwen._vector_schema() RETURNS text
+CREATE OR REPLACE FUNCTION qwen._vector_schema() RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT quote_ident('@extschema:vector@') $$;
 
-CREATE FUNCTION qwen._can_index_concurrently(p_source regclass) RETURNS boolean
+CREATE OR REPLACE FUNCTION qwen._can_index_concurrently(p_source regclass) RETURNS boolean
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT c.relkind <> 'p' FROM pg_class c WHERE c.oid = p_source $$;
 
 -- The HNSW cosine index of a registration's vector column. A partitioned table cannot be indexed
 -- CONCURRENTLY (PostgreSQL refuses it), so its index is built in one plain statement.
-CREATE FUNCTION qwen._index_ddl(p_source regclass, p_column name, p_vector_type text, p_index name,
+CREATE OR REPLACE FUNCTION qwen._index_ddl(p_source regclass, p_column name, p_vector_type text, p_index name,
                                 p_concurrently boolean) RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -186,15 +100,9 @@ AS $$
                   CASE p_vector_type WHEN 'halfvec' THEN 'halfvec_cosine_ops' ELSE 'vector_cosine_ops' END)
 $$;
 
--- The name of the trigger of a registration for one event.
-CREATE FUNCTION qwen._trigger_name(p_id int, p_event text) RETURNS name
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$ SELECT format('qwen_sync_%s_%s', p_id, p_event)::name $$;
-
 -- ---------------------------------------------------------------------------------------------
 
-CREATE FUNCTION @extschema@.qwen_register(
+CREATE OR REPLACE FUNCTION @extschema@.qwen_register(
     source regclass,
     text_column name,
     embedding_column name DEFAULT 'embedding',
@@ -206,65 +114,23 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    rel        pg_class;
-    text_type  text;
     emb_type   text;
     dims       int;
     vtype      text;
     want_type  text;
-    keys       name[];
-    key_types  text[];
     existing   qwen.registrations;
     reg_id     int;
-    idx_name   name;
 BEGIN
     IF source IS NULL OR text_column IS NULL OR embedding_column IS NULL THEN
-        RAISE EXCEPTION 'source, text_column and embedding_column must not be NULL';
-    END IF;
-    SELECT * INTO rel FROM pg_class c WHERE c.oid = source;
-    IF rel.relkind NOT IN ('r', 'p') THEN
-        RAISE EXCEPTION '"%" is not a table', source USING HINT = 'Register a plain or partitioned table.';
-    END IF;
-    IF rel.relpersistence = 't' THEN
-        RAISE EXCEPTION '% is a temporary table', source
-            USING HINT = 'The worker reads and writes in its own sessions, which cannot see temporary tables: register a permanent or unlogged table.';
-    END IF;
-    IF NOT pg_has_role(current_user, rel.relowner, 'USAGE') THEN
-        RAISE EXCEPTION 'must be owner of table % to register it', source
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'Ask the table''s owner or a superuser to call qwen_register.';
-    END IF;
-    -- in a SQL_ASCII database the bytes of a text have no declared meaning (and may not be UTF-8):
-    -- the worker could neither decode nor embed them
-    IF current_setting('server_encoding') = 'SQL_ASCII' THEN
-        RAISE EXCEPTION 'database % has encoding SQL_ASCII; qwen cannot know what its texts mean', current_database()
-            USING HINT = 'Create the database with ENCODING ''UTF8'' (any encoding but SQL_ASCII works) and move the data there.';
+        RAISE EXCEPTION 'source, text_column and embedding_column must not be NULL'
+            USING HINT = 'Pass the table, the column holding the text, and the vector column to fill.';
     END IF;
     IF index_mode IS NULL OR index_mode NOT IN ('immediate', 'deferred', 'none') THEN
         RAISE EXCEPTION 'index_mode must be ''immediate'', ''deferred'' or ''none'', got %', coalesce(quote_literal(index_mode), 'NULL')
             USING HINT = '''deferred'' builds the HNSW index once the backfill has finished (fastest).';
     END IF;
-
-    text_type := qwen._column_type(source, text_column);
-    IF text_type IS NULL THEN
-        RAISE EXCEPTION 'column "%" does not exist in table %', text_column, source
-            USING ERRCODE = 'undefined_column', HINT = 'Pass the name of the column holding the text to embed.';
-    END IF;
-    IF text_type NOT IN ('text', 'name') AND text_type NOT LIKE 'character varying%' AND text_type NOT LIKE 'character(%' THEN
-        RAISE EXCEPTION 'column "%" of table % has type %, not text', text_column, source, text_type
-            USING HINT = 'The text column must be text, varchar or char.';
-    END IF;
-
-    SELECT array_agg(a.attname ORDER BY k.ord), array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY k.ord)
-      INTO keys, key_types
-    FROM pg_index i
-    CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-    WHERE i.indrelid = source AND i.indisprimary;
-    IF keys IS NULL THEN
-        RAISE EXCEPTION 'table % has no primary key', source
-            USING HINT = 'qwen needs a primary key to find rows again: ALTER TABLE ... ADD PRIMARY KEY (...).';
-    END IF;
+    -- the table, its text column and its keys (the trigger on qwen.registrations checks it again)
+    PERFORM qwen._registration_shape(source, text_column);
 
     dims := qwen._resolve_dimensions(model, dimensions);
     vtype := qwen._vector_type_for(dims);
@@ -291,19 +157,16 @@ BEGIN
             USING HINT = 'Pick another embedding_column, or pass the dimensions that match the existing column.';
     END IF;
 
-    IF index_mode <> 'none' THEN
-        idx_name := qwen._object_name(format('%s_%s', rel.relname, embedding_column), '_qwen_hnsw');
-    END IF;
-
-    -- The AFTER INSERT trigger on qwen.registrations queues every existing row (the backfill).
+    -- The BEFORE trigger on qwen.registrations fills in the keys and the index name from the catalogue;
+    -- the AFTER trigger queues every existing row (the backfill).
     INSERT INTO qwen.registrations (source, text_column, embedding_column, model, dimensions, vector_type,
-                                    key_columns, key_types, index_mode, index_name)
-    VALUES (source, text_column, embedding_column, model, dims, vtype, keys, key_types, index_mode, idx_name)
+                                    key_columns, key_types, index_mode)
+    VALUES (source, text_column, embedding_column, model, dims, vtype, '{?}', '{?}', index_mode)
     RETURNING id INTO reg_id;
 
     PERFORM qwen._install_triggers(reg_id);
     IF index_mode = 'immediate' THEN
-        EXECUTE qwen._index_ddl(source, embedding_column, vtype, idx_name, false);
+        EXECUTE qwen._index_ddl(source, embedding_column, vtype, qwen._index_name(reg_id), false);
     END IF;
     RETURN reg_id;
 END
@@ -311,32 +174,41 @@ $$;
 COMMENT ON FUNCTION @extschema@.qwen_register(regclass, name, name, text, int, text) IS
     'keep text_column of a table embedded in embedding_column; returns the registration id';
 
--- Look a registration up by table (and embedding column when the table has several).
-CREATE FUNCTION qwen._find_registration(p_source regclass, p_embedding_column name) RETURNS qwen.registrations
+-- The one registration lookup (qwen_search, qwen_alter, qwen_backfill, …): the only registration, or
+-- the one of `p_source` (and `p_embedding_column` when the table has several), with the errors a
+-- user needs when there is none or more than one.
+CREATE OR REPLACE FUNCTION qwen._find_registration(p_source regclass, p_embedding_column name)
+RETURNS qwen.registrations
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    found_reg qwen.registrations;
-    n int;
+    found qwen.registrations[];
 BEGIN
-    SELECT count(*) INTO n FROM qwen.registrations r
-    WHERE r.source = p_source AND (p_embedding_column IS NULL OR r.embedding_column = p_embedding_column);
-    IF n = 0 THEN
+    SELECT array_agg(r ORDER BY r.id) INTO found
+      FROM qwen.registrations AS r
+     WHERE (p_source IS NULL OR r.source = p_source)
+       AND (p_embedding_column IS NULL OR r.embedding_column = p_embedding_column);
+    IF found IS NULL THEN
+        IF p_source IS NULL THEN
+            RAISE EXCEPTION 'no table is registered with qwen'
+                USING HINT = 'Register one first: SELECT qwen_register(''my_table'', ''text_column'');';
+        END IF;
         RAISE EXCEPTION 'table % has no qwen registration%', p_source,
-            CASE WHEN p_embedding_column IS NULL THEN '' ELSE format(' for column "%s"', p_embedding_column) END
-            USING HINT = 'See SELECT * FROM qwen_status; register with qwen_register(...).';
-    ELSIF n > 1 THEN
-        RAISE EXCEPTION 'table % has % qwen registrations', p_source, n
-            USING HINT = 'Pass embedding_column => ... to say which one.';
+            coalesce(' with embedding column ' || quote_ident(p_embedding_column), '')
+            USING HINT = 'See SELECT source, text_column, embedding_column FROM qwen.registrations; or register it with qwen_register().';
     END IF;
-    SELECT * INTO found_reg FROM qwen.registrations r
-    WHERE r.source = p_source AND (p_embedding_column IS NULL OR r.embedding_column = p_embedding_column);
-    RETURN found_reg;
+    IF cardinality(found) > 1 THEN
+        RAISE EXCEPTION 'which qwen registration? % match', cardinality(found)
+            USING HINT = format('Pass source => and, when a table has several, embedding_column => (registered: %s).',
+                                (SELECT string_agg(format('%s.%I', f.source, f.embedding_column), ', ')
+                                   FROM unnest(found) AS f));
+    END IF;
+    RETURN found[1];
 END
 $$;
 
-CREATE FUNCTION @extschema@.qwen_unregister(
+CREATE OR REPLACE FUNCTION @extschema@.qwen_unregister(
     source regclass,
     embedding_column name DEFAULT NULL,
     drop_column boolean DEFAULT false
@@ -367,7 +239,7 @@ COMMENT ON FUNCTION @extschema@.qwen_unregister(regclass, name, boolean) IS
     'stop embedding a table column: drops the triggers and queue entries (and the column with drop_column)';
 
 -- Build a registration's HNSW index now (the worker builds deferred indexes CONCURRENTLY by itself).
-CREATE FUNCTION @extschema@.qwen_create_index(source regclass, embedding_column name DEFAULT NULL) RETURNS name
+CREATE OR REPLACE FUNCTION @extschema@.qwen_create_index(source regclass, embedding_column name DEFAULT NULL) RETURNS name
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -375,8 +247,7 @@ DECLARE
     r qwen.registrations := qwen._find_registration(source, embedding_column);
     idx name;
 BEGIN
-    idx := coalesce(r.index_name, qwen._object_name(format('%s_%s', (SELECT relname FROM pg_class WHERE oid = r.source),
-                                                          r.embedding_column), '_qwen_hnsw'));
+    idx := coalesce(r.index_name, qwen._index_name(r.id));
     EXECUTE qwen._index_ddl(r.source, r.embedding_column, r.vector_type, idx, false);
     UPDATE qwen.registrations x SET index_name = idx,
            index_mode = CASE WHEN x.index_mode = 'none' THEN 'immediate' ELSE x.index_mode END
@@ -387,7 +258,7 @@ $$;
 
 -- Change the model or dimensions without downtime: a shadow column is filled by the new model while
 -- searches keep using the current one; the worker swaps them in one short transaction at the end.
-CREATE FUNCTION @extschema@.qwen_alter(
+CREATE OR REPLACE FUNCTION @extschema@.qwen_alter(
     source regclass,
     model text DEFAULT NULL,
     dimensions int DEFAULT NULL,
@@ -421,11 +292,10 @@ BEGIN
         RAISE NOTICE 'registration % already uses model "%" at % dimensions', r.id, new_model, dims;
         RETURN r.id;
     END IF;
-    shadow := qwen._object_name(r.embedding_column, '_qwen_next');
+    shadow := qwen._shadow_column(r.id);
     EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s.%s(%s)', r.source, shadow, qwen._vector_schema(), vtype, dims);
     IF r.index_mode <> 'none' THEN
-        shadow_idx := qwen._object_name(format('%s_%s', (SELECT relname FROM pg_class WHERE oid = r.source), shadow),
-                                        '_qwen_hnsw');
+        shadow_idx := qwen._shadow_index_name(r.id);
     END IF;
     -- The AFTER UPDATE trigger on qwen.registrations queues every row for the shadow column.
     UPDATE qwen.registrations x
@@ -439,7 +309,7 @@ COMMENT ON FUNCTION @extschema@.qwen_alter(regclass, text, int, name) IS
     're-embed a registration with another model or dimensions; searches use the old vectors until the swap';
 
 -- Forget registrations of dropped tables.
-CREATE FUNCTION qwen._on_sql_drop() RETURNS event_trigger
+CREATE OR REPLACE FUNCTION qwen._on_sql_drop() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER  -- the dropped table's owner is gone from pg_class, so RLS would hide the row
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -449,4 +319,10 @@ BEGIN
     WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objsubid = 0 AND d.objid = r.source::oid;
 END
 $$;
-CREATE EVENT TRIGGER qwen_forget_dropped_tables ON sql_drop EXECUTE FUNCTION qwen._on_sql_drop();
+DO $do$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = 'qwen_forget_dropped_tables') THEN
+        CREATE EVENT TRIGGER qwen_forget_dropped_tables ON sql_drop EXECUTE FUNCTION qwen._on_sql_drop();
+    END IF;
+END
+$do$;

@@ -1,0 +1,182 @@
+-- What a registration may point at, in one place. Every rule here is checked from the catalogue
+-- (never by evaluating a tenant's object) by qwen._registration_shape, which qwen_register calls for
+-- its errors and the trigger on qwen.registrations calls for every row written, however it is written.
+
+GRANT SELECT ON qwen.models TO PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON qwen.registrations TO PUBLIC;
+GRANT USAGE ON SEQUENCE qwen.registrations_id_seq TO PUBLIC;
+
+-- A type whose text form nobody can redefine: built in (below FirstNormalObjectId), a base, range or
+-- multirange type (so no user domain, enum or composite; arrays of built-in types are built in).
+-- Only a superuser can add a cast or change the I/O functions of such a type.
+CREATE OR REPLACE FUNCTION qwen._safe_type(p_type oid) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce((SELECT t.oid < 16384 AND t.typtype IN ('b', 'r', 'm') FROM pg_type t WHERE t.oid = p_type), false)
+$$;
+
+-- The column types a text column may have: text, varchar, char, name.
+CREATE OR REPLACE FUNCTION qwen._text_type(p_type oid) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT p_type IN (25, 1043, 1042, 19) $$;
+
+CREATE OR REPLACE FUNCTION qwen._column_type(p_source regclass, p_column name) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+    WHERE a.attrelid = p_source AND a.attname = p_column AND a.attnum > 0 AND NOT a.attisdropped
+$$;
+
+-- Check that p_source may be registered with p_text_column, and return its primary key columns and
+-- their types. Raises the error a user needs otherwise.
+CREATE OR REPLACE FUNCTION qwen._registration_shape(p_source regclass, p_text_column name,
+                                                    OUT key_columns name[], OUT key_types text[])
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    rel pg_class;
+    text_type oid;
+    bad record;
+BEGIN
+    SELECT * INTO rel FROM pg_class c WHERE c.oid = p_source;
+    IF NOT FOUND OR rel.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '"%" is not a table', p_source USING HINT = 'Register a plain or partitioned table.';
+    END IF;
+    IF rel.relpersistence = 't' THEN
+        RAISE EXCEPTION '% is a temporary table', p_source
+            USING HINT = 'The worker reads and writes in its own sessions, which cannot see temporary tables: register a permanent or unlogged table.';
+    END IF;
+    IF NOT pg_has_role(current_user, rel.relowner, 'USAGE') THEN
+        RAISE EXCEPTION 'must be owner of table % to register it', p_source
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Ask the table''s owner or a superuser to call qwen_register.';
+    END IF;
+    -- in a SQL_ASCII database the bytes of a text have no declared meaning (and may not be UTF-8):
+    -- the worker could neither decode nor embed them
+    IF current_setting('server_encoding') = 'SQL_ASCII' THEN
+        RAISE EXCEPTION 'database % has encoding SQL_ASCII; qwen cannot know what its texts mean', current_database()
+            USING HINT = 'Create the database with ENCODING ''UTF8'' (any encoding but SQL_ASCII works) and move the data there.';
+    END IF;
+    -- every table below it (partitions, inheritance children) must be a table too: reading a foreign
+    -- table would use someone else's user mapping
+    SELECT c.oid::regclass AS child, c.relkind INTO bad
+    FROM pg_partition_tree(p_source) pt JOIN pg_class c ON c.oid = pt.relid
+    WHERE c.relkind NOT IN ('r', 'p') LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'partition % of % is not a table', bad.child, p_source
+            USING HINT = 'qwen keeps only plain tables embedded: foreign tables cannot be partitions of a registered table.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = p_source) AND rel.relkind = 'r' THEN
+        RAISE EXCEPTION 'table % has inheritance children', p_source
+            USING HINT = 'Register each child table, or use declarative partitioning.';
+    END IF;
+
+    SELECT a.atttypid INTO text_type FROM pg_attribute a
+    WHERE a.attrelid = p_source AND a.attname = p_text_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'column "%" does not exist in table %', p_text_column, p_source
+            USING ERRCODE = 'undefined_column', HINT = 'Pass the name of the column holding the text to embed.';
+    END IF;
+    IF NOT qwen._text_type(text_type) THEN
+        RAISE EXCEPTION 'column "%" of table % has type %, not text', p_text_column, p_source, format_type(text_type, NULL)
+            USING HINT = 'The text column must be text, varchar or char (not a domain over them).';
+    END IF;
+
+    SELECT array_agg(a.attname ORDER BY k.ord), array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY k.ord)
+      INTO key_columns, key_types
+    FROM pg_index i
+    CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+    WHERE i.indrelid = p_source AND i.indisprimary;
+    IF key_columns IS NULL THEN
+        RAISE EXCEPTION 'table % has no primary key', p_source
+            USING HINT = 'qwen needs a primary key to find rows again: ALTER TABLE ... ADD PRIMARY KEY (...).';
+    END IF;
+    SELECT a.attname, a.atttypid INTO bad
+    FROM pg_index i
+    CROSS JOIN LATERAL unnest(i.indkey) AS k(attnum)
+    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+    WHERE i.indrelid = p_source AND i.indisprimary AND NOT qwen._safe_type(a.atttypid)
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'primary key column "%" of table % has type %, which qwen cannot key rows by',
+            bad.attname, p_source, format_type(bad.atttypid, NULL)
+            USING HINT = 'Key columns must have built-in types (integer, bigint, text, uuid, date, …): not a domain, enum or composite type, whose text form its owner can redefine.';
+    END IF;
+END
+$$;
+
+-- The columns a registration reads still have the types it was registered with (a table's owner can
+-- ALTER a column's type at any time): checked before any qwen code renders keys or reads texts.
+CREATE OR REPLACE FUNCTION qwen._columns_safe(p_source regclass, p_text_column name, p_key_columns name[])
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT count(*) = cardinality(p_key_columns) + 1
+           AND bool_and(CASE WHEN a.attname = p_text_column THEN qwen._text_type(a.atttypid)
+                             ELSE qwen._safe_type(a.atttypid) END)
+    FROM pg_attribute a
+    WHERE a.attrelid = p_source AND a.attnum > 0 AND NOT a.attisdropped
+      AND (a.attname = p_text_column OR a.attname = ANY (p_key_columns))
+$$;
+
+-- Object names derived from the registration id: unique, short, and the same in any encoding.
+CREATE OR REPLACE FUNCTION qwen._index_name(p_id int) RETURNS name
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT format('qwen_%s_hnsw', p_id)::name $$;
+
+CREATE OR REPLACE FUNCTION qwen._shadow_column(p_id int) RETURNS name
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT format('qwen_%s_next', p_id)::name $$;
+
+CREATE OR REPLACE FUNCTION qwen._shadow_index_name(p_id int) RETURNS name
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT format('qwen_%s_next_hnsw', p_id)::name $$;
+
+-- Every write to qwen.registrations, as the writing role: a new row gets its key columns, key types and
+-- index name from the catalogue (whatever the writer put there); what identifies the embedded data
+-- never changes afterwards; object names can only be the derived ones.
+CREATE OR REPLACE FUNCTION qwen._check_registration() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    shape record;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        shape := qwen._registration_shape(NEW.source, NEW.text_column);
+        NEW.key_columns := shape.key_columns;
+        NEW.key_types := shape.key_types;
+        NEW.index_name := CASE WHEN NEW.index_mode = 'none' THEN NULL ELSE qwen._index_name(NEW.id) END;
+        NEW.next_model := NULL; NEW.next_dimensions := NULL; NEW.next_vector_type := NULL;
+        NEW.next_column := NULL; NEW.next_index_name := NULL; NEW.alter_started_at := NULL;
+        RETURN NEW;
+    END IF;
+    IF (NEW.id, NEW.source, NEW.text_column, NEW.embedding_column, NEW.key_columns, NEW.key_types)
+       IS DISTINCT FROM (OLD.id, OLD.source, OLD.text_column, OLD.embedding_column, OLD.key_columns, OLD.key_types) THEN
+        RAISE EXCEPTION 'the table, columns and keys of qwen registration % cannot change', OLD.id
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'qwen_unregister it and qwen_register the table again.';
+    END IF;
+    IF NEW.index_name IS DISTINCT FROM OLD.index_name AND NEW.index_name IS DISTINCT FROM qwen._index_name(OLD.id)
+       OR NEW.next_index_name IS NOT NULL AND NEW.next_index_name IS DISTINCT FROM OLD.next_index_name
+          AND NEW.next_index_name <> qwen._shadow_index_name(OLD.id)
+       OR NEW.next_column IS NOT NULL AND NEW.next_column IS DISTINCT FROM OLD.next_column
+          AND NEW.next_column <> qwen._shadow_column(OLD.id) THEN
+        RAISE EXCEPTION 'qwen registration % can only use the object names qwen derives from its id', OLD.id
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Use qwen_alter and qwen_create_index instead of writing qwen.registrations.';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE OR REPLACE TRIGGER registration_rules BEFORE INSERT OR UPDATE ON qwen.registrations
+    FOR EACH ROW EXECUTE FUNCTION qwen._check_registration();

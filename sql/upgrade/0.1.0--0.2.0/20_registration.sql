@@ -1,0 +1,3 @@
+-- 0.2.0 derives object names from the registration id (qwen._index_name, …); existing registrations
+-- keep the names they were created with.
+DROP FUNCTION qwen._object_name(text, text);
