@@ -16,6 +16,15 @@ AS $$
     SELECT coalesce((SELECT t.oid < 16384 AND t.typtype IN ('b', 'r', 'm') FROM pg_type t WHERE t.oid = p_type), false)
 $$;
 
+-- A table and every partition below it, at any depth (pg_partition_tree lists nothing for a table that
+-- is not partitioned).
+CREATE OR REPLACE FUNCTION qwen._tree(p_source regclass) RETURNS SETOF regclass
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT p_source UNION SELECT pt.relid FROM pg_partition_tree(p_source) AS pt
+$$;
+
 -- The column types a text column may have: text, varchar, char, name.
 CREATE OR REPLACE FUNCTION qwen._text_type(p_type oid) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -64,7 +73,7 @@ BEGIN
     -- every table below it (partitions, inheritance children) must be a table too: reading a foreign
     -- table would use someone else's user mapping
     SELECT c.oid::regclass AS child, c.relkind INTO bad
-    FROM pg_partition_tree(p_source) pt JOIN pg_class c ON c.oid = pt.relid
+    FROM qwen._tree(p_source) AS pt(relid) JOIN pg_class c ON c.oid = pt.relid
     WHERE c.relkind NOT IN ('r', 'p') LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'partition % of % is not a table', bad.child, p_source

@@ -166,10 +166,9 @@ BEGIN
         -- rows whose (key, text) pair is new: text updates, and rows that moved to another key (a swap
         -- like SET id = 3 - id included). Texts compare byte for byte (COLLATE "C"): a nondeterministic
         -- collation may call two different texts equal.
-        changed := format($w$%s AND NOT EXISTS (SELECT 1 FROM qwen_old_rows o
-                                                  WHERE %s AND o.%I::text COLLATE "C" IS NOT DISTINCT FROM n.%I::text COLLATE "C")$w$,
-                          qwen._needs_embedding_sql(r, 'n'), qwen._key_equal(r.key_columns, 'o', 'n'),
-                          r.text_column, r.text_column);
+        changed := format($w$NOT EXISTS (SELECT 1 FROM qwen_old_rows o
+                                               WHERE %s AND o.%I::text COLLATE "C" IS NOT DISTINCT FROM n.%I::text COLLATE "C")$w$,
+                          qwen._key_equal(r.key_columns, 'o', 'n'), r.text_column, r.text_column);
     END IF;
     EXECUTE qwen._enqueue_sql(r, qwen._targets(r.next_column), 'qwen_new_rows n', 'n', changed, false);
     PERFORM pg_notify('qwen_queue', r.id::text);
@@ -213,7 +212,7 @@ DECLARE
 BEGIN
     SELECT * INTO STRICT r FROM qwen.registrations WHERE id = p_id;
     PERFORM qwen._drop_triggers(p_id);
-    PERFORM qwen._install_table_triggers(p_id, pt.relid) FROM pg_partition_tree(r.source) AS pt;
+    PERFORM qwen._install_table_triggers(p_id, pt.relid) FROM qwen._tree(r.source) AS pt(relid);
 END
 $$;
 
@@ -256,7 +255,7 @@ BEGIN
               WHERE cmd.classid = 'pg_catalog.pg_class'::regclass AND cmd.object_type IN ('table', 'table column')
                 AND to_regclass(cmd.objid::regclass::text) IS NOT NULL
     LOOP
-        FOR part IN SELECT pt.relid FROM pg_partition_tree(r.source) AS pt WHERE pt.relid <> r.source LOOP
+        FOR part IN SELECT pt.relid FROM qwen._tree(r.source) AS pt(relid) WHERE pt.relid <> r.source LOOP
             IF (SELECT c.relkind FROM pg_class c WHERE c.oid = part) NOT IN ('r', 'p') THEN
                 RAISE EXCEPTION 'partition % of % is not a table', part, r.source
                     USING HINT = 'qwen keeps only plain tables embedded: foreign tables cannot be partitions of a registered table.';
@@ -271,7 +270,7 @@ BEGIN
                FROM pg_trigger tg
                JOIN qwen.registrations reg ON tg.tgargs = convert_to(reg.id::text, 'UTF8') || '\x00'::bytea
               WHERE tg.tgfoid = 'qwen._sync()'::regprocedure
-                AND tg.tgrelid NOT IN (SELECT pt.relid FROM pg_partition_tree(reg.source) AS pt)
+                AND tg.tgrelid NOT IN (SELECT pt.relid FROM qwen._tree(reg.source) AS pt(relid))
     LOOP
         EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', t.tgname, t.tbl);
     END LOOP;
