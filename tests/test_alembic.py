@@ -13,6 +13,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
 import embedder_worker.alembic as qwen_alembic
+from embedder_worker import sql_install
 from embedder_worker.orm import sqlalchemy_url
 from embedder_worker.queue import Consumer, ConsumerOptions
 from tests.fixtures.notes_app import DIMS, alembic_config, run
@@ -22,7 +23,7 @@ def test_upgrade_creates_table_registers_it_and_the_worker_fills_it(bare_db, not
     cfg = alembic_config(bare_db)
     run(cfg, bare_db, command.upgrade, "heads")
     with psycopg.connect(bare_db, autocommit=True) as conn:
-        assert conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'qwen'").fetchone() == ("0.1.0",)
+        assert conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'qwen'").fetchone() == (sql_install.current_version(),)
         reg = conn.execute("SELECT text_column, embedding_column, model, dimensions FROM qwen.registrations "
                            "WHERE source = 'notes'::regclass").fetchone()
         assert reg == ("body", "embedding", str(tiny_models.embed), DIMS)
@@ -53,7 +54,7 @@ def test_the_qwen_branch_alone_installs_sql_only_when_forced(bare_db):
     run(cfg, bare_db, command.upgrade, "qwen@head")
     with psycopg.connect(bare_db) as conn:
         assert conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'qwen'").fetchone() == (0,)
-        assert conn.execute("SELECT qwen_version()").fetchone() == ("0.1.0",)
+        assert conn.execute("SELECT qwen_version()").fetchone() == (sql_install.current_version(),)
     run(cfg, bare_db, command.downgrade, "qwen@base")
     with psycopg.connect(bare_db) as conn:
         assert conn.execute("SELECT to_regnamespace('qwen')").fetchone() == (None,)

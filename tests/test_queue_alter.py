@@ -42,11 +42,20 @@ def embedded_docs(db, tiny_embedder):
     return conn
 
 
+def shadow_column(conn) -> str:
+    """The shadow column of the one registration: qwen_<id>_next, derived from the registration id."""
+    return "qwen_{}_next".format(conn.execute("SELECT id FROM qwen.registrations").fetchone()[0])
+
+
+def index_name(conn) -> str:
+    return "qwen_{}_hnsw".format(conn.execute("SELECT id FROM qwen.registrations").fetchone()[0])
+
+
 def test_alter_keeps_the_old_vectors_live_until_the_new_ones_are_complete(db, tiny_embedder, embedded_docs):
     conn = embedded_docs
     conn.execute("SELECT qwen_alter('docs', dimensions => 32)")
     assert column_type(conn, "embedding") == "vector(64)"
-    assert column_type(conn, "embedding_qwen_next") == "vector(32)"
+    assert column_type(conn, shadow_column(conn)) == "vector(32)"
     st = status(conn, "docs")
     assert st["dimensions"] == 64 and st["coverage"] == 1.0 and "32 dimensions" in st["pending_alter"]
     assert search(db, tiny_embedder, "things")[0] == 64
@@ -81,7 +90,7 @@ def test_searches_keep_working_through_the_alter_and_then_use_the_new_vectors(db
     assert errors == []
     assert 32 in seen_dims
     assert column_type(conn, "embedding") == "vector(32)"
-    assert column_type(conn, "embedding_qwen_next") is None
+    assert column_type(conn, shadow_column(conn)) is None
     reg = conn.execute("SELECT dimensions, generation, next_column FROM qwen.registrations").fetchone()
     assert reg == (32, 2, None)
     assert_vectors_are_embeddings(conn, "docs", tiny_embedder, 32)
@@ -89,7 +98,7 @@ def test_searches_keep_working_through_the_alter_and_then_use_the_new_vectors(db
     assert (st["queued"], st["coverage"], st["index_ready"]) == (0, 1.0, True)
     # the index serves the new column under the old name
     assert conn.execute("SELECT indexdef LIKE '%%embedding vector_cosine_ops%%' FROM pg_indexes "
-                        "WHERE indexname = 'docs_embedding_qwen_hnsw'").fetchone() == (True,)
+                        "WHERE indexname = %s", (index_name(conn),)).fetchone() == (True,)
 
 
 def test_alter_to_another_model_is_done_by_that_models_worker(db, tiny_embedder, embedded_docs):
@@ -114,7 +123,7 @@ def test_alter_to_the_current_settings_cancels_a_pending_alter(db, tiny_embedder
     conn = embedded_docs
     conn.execute("SELECT qwen_alter('docs', dimensions => 32)")
     conn.execute("SELECT qwen_alter('docs', dimensions => 64)")
-    assert column_type(conn, "embedding_qwen_next") is None
+    assert column_type(conn, shadow_column(conn)) is None
     assert conn.execute("SELECT count(*) FROM qwen.queue").fetchone() == (0,)
     vectors = conn.execute("SELECT embedding FROM docs LIMIT 1").fetchone()[0]
     assert np.asarray(vectors.to_list()).shape == (64,)

@@ -35,6 +35,16 @@ class Claim:
         return len(self.keys)
 
 
+def skipped_registrations(conn: psycopg.Connection, model: str) -> list[tuple[int, str, str]]:
+    """Registrations of this model the worker's role does not serve, as (id, table, why): their table's
+    owner is not a role it can act as, or it is a superuser and the owner is not (docs/PRIVILEGES.md)."""
+    return conn.execute(
+        "SELECT r.id, r.source::text, s.reason FROM qwen.registrations r "
+        "CROSS JOIN LATERAL (SELECT qwen._worker_skip_reason(current_user, r.source) AS reason) s "
+        "WHERE (r.model = %s OR r.next_model = %s) AND s.reason IS NOT NULL ORDER BY r.id",
+        (model, model)).fetchall()
+
+
 def served_targets(conn: psycopg.Connection, model: str) -> list[Target]:
     rows = conn.execute("SELECT registration_id, target, dimensions FROM qwen.worker_targets(%s)", (model,)).fetchall()
     return [Target(*row) for row in rows]

@@ -16,6 +16,10 @@ from pgvector.psycopg import register_vector
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: the settings that change how a key's value reads as text: the SQL functions that render and parse
+#: keys pin the same values, and so does every worker session (keys never depend on a session)
+KEY_SETTINGS = {"DateStyle": "ISO, YMD", "IntervalStyle": "postgres", "extra_float_digits": "3", "TimeZone": "UTC"}
+
 
 class Stopped(Exception):
     """Raised instead of waiting for the database when the worker is shutting down."""
@@ -54,7 +58,7 @@ class Reconnecting:
     def _open(self) -> psycopg.Connection:
         conn = psycopg.connect(self.dsn, autocommit=True, application_name=f"qwen-pg {self.name}")
         register_vector(conn)
-        for name, value in self._settings.items():
+        for name, value in {**KEY_SETTINGS, **self._settings}.items():
             conn.execute("SELECT set_config(%s, %s, false)", (name, value))
         return conn
 

@@ -89,6 +89,7 @@ class Consumer:
         self._claimer_idle = threading.Event()  # the last round over all targets found nothing to claim
         self._targets: list[Target] = []
         self._targets_read_at = 0.0
+        self._skip_logged: set[int] = set()  # registrations not served, each logged once
         self._next_target = 0
         self._heartbeat: Heartbeat | None = None
         # Claims and write-backs commit without waiting for the WAL flush: a crash can only undo the latest
@@ -205,6 +206,10 @@ class Consumer:
         if force or now - self._targets_read_at >= self.options.targets_refresh:
             self._targets = self._claim_db.run(lambda conn: claims.served_targets(conn, self.model))
             self._targets_read_at = now
+            for reg_id, table, reason in self._claim_db.run(lambda conn: claims.skipped_registrations(conn, self.model)):
+                if reg_id not in self._skip_logged:
+                    self._skip_logged.add(reg_id)
+                    log.warning("not serving registration %s (%s): %s", reg_id, table, reason)
 
     def _claim_next(self) -> Claim | None:
         """Round-robin over the served targets: the first one with claimable work, after the last served."""

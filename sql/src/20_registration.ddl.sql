@@ -37,6 +37,7 @@ CREATE TABLE qwen.registrations (
     next_index_name     name,
     alter_started_at    timestamptz,
     created_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    retry_failed_at     timestamptz,              -- last qwen_retry_failed (its trigger puts parked entries back)
     UNIQUE (source, embedding_column),
     CHECK (pg_catalog.cardinality(key_columns) = pg_catalog.cardinality(key_types) AND pg_catalog.cardinality(key_columns) > 0)
 );

@@ -10,8 +10,6 @@
 -- change a key's text form.
 
 GRANT SELECT ON qwen.queue TO PUBLIC;  -- rows filtered by the policies of 30_queue.ddl.sql
--- owners put their own parked entries back (qwen_retry_failed); the policy limits it to their tables
-GRANT UPDATE (failed_at, attempts, not_before, enqueued_at, leased_by, lease_until) ON qwen.queue TO PUBLIC;
 
 -- ARRAY[alias.k1::text, alias.k2::text]
 CREATE OR REPLACE FUNCTION qwen._key_array(key_columns name[], alias text) RETURNS text
@@ -59,11 +57,21 @@ CREATE OR REPLACE FUNCTION qwen._assert_columns_safe(r qwen.registrations) RETUR
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    missing name;
 BEGIN
-    IF NOT qwen._columns_safe(r.source, r.text_column, r.key_columns) THEN
-        RAISE EXCEPTION 'the text or key columns of table % changed type since qwen registration %', r.source, r.id
-            USING HINT = 'Key columns must keep built-in types and the text column text/varchar/char: change them back, or qwen_unregister the table.';
+    IF qwen._columns_safe(r.source, r.text_column, r.key_columns) THEN
+        RETURN;
     END IF;
+    SELECT c INTO missing FROM unnest(r.text_column || r.key_columns) AS c
+     WHERE qwen._column_type(r.source, c) IS NULL LIMIT 1;
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'column "%" of table % does not exist (qwen registration %)', missing, r.source, r.id
+            USING ERRCODE = 'undefined_column',
+                  HINT = 'Rename the column back, or qwen_unregister the table and register it again.';
+    END IF;
+    RAISE EXCEPTION 'the text or key columns of table % changed type since qwen registration %', r.source, r.id
+        USING HINT = 'Key columns must keep built-in types and the text column text/varchar/char: change them back, or qwen_unregister the table.';
 END
 $$;
 
@@ -87,7 +95,7 @@ BEGIN
 END
 $$;
 
--- Registration lifecycle: backfill on INSERT, re-backfill on request, the shadow column's backfill
+-- Registration lifecycle: backfill on INSERT, re-backfill on request, parked entries back on request, the shadow column's backfill
 -- when qwen_alter starts, and dropping shadow work when an alter is cancelled or replaced. Row-level
 -- security on qwen.registrations let only the table's owner make the change that fires it.
 CREATE OR REPLACE FUNCTION qwen._on_registration_change() RETURNS trigger
@@ -101,6 +109,13 @@ BEGIN
     END IF;
     IF NEW.backfill_started_at IS DISTINCT FROM OLD.backfill_started_at THEN
         PERFORM qwen._enqueue_rows(NEW, 0::smallint, NEW.source);
+    END IF;
+    IF NEW.retry_failed_at IS DISTINCT FROM OLD.retry_failed_at THEN  -- qwen_retry_failed
+        UPDATE qwen.queue q
+           SET failed_at = NULL, attempts = 0, not_before = '-infinity', enqueued_at = clock_timestamp(),
+               leased_by = NULL, lease_until = NULL
+         WHERE q.registration_id = NEW.id AND q.failed_at IS NOT NULL;
+        PERFORM pg_notify('qwen_queue', NEW.id::text);
     END IF;
     IF (NEW.next_column, NEW.next_model, NEW.next_dimensions, NEW.alter_started_at)
        IS DISTINCT FROM (OLD.next_column, OLD.next_model, OLD.next_dimensions, OLD.alter_started_at) THEN

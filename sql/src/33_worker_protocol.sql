@@ -267,14 +267,16 @@ AS $$
 DECLARE
     n bigint;
 BEGIN
-    UPDATE qwen.queue q
-       SET failed_at = NULL, attempts = 0, not_before = '-infinity', enqueued_at = clock_timestamp(),
-           leased_by = NULL, lease_until = NULL
-      FROM qwen.registrations r
-     WHERE q.registration_id = r.id AND q.failed_at IS NOT NULL
-       AND (qwen_retry_failed.source IS NULL OR r.source = qwen_retry_failed.source);
-    GET DIAGNOSTICS n = ROW_COUNT;
-    PERFORM pg_notify('qwen_queue', '');
+    IF source IS NOT NULL AND NOT pg_has_role(current_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = source), 'USAGE') THEN
+        RAISE EXCEPTION 'must be owner of table % to retry its failed rows', source
+            USING ERRCODE = 'insufficient_privilege', HINT = 'Ask the table''s owner to call qwen_retry_failed.';
+    END IF;
+    SELECT count(*) INTO n FROM qwen.queue q JOIN qwen.registrations r ON r.id = q.registration_id
+     WHERE q.failed_at IS NOT NULL AND (qwen_retry_failed.source IS NULL OR r.source = qwen_retry_failed.source)
+       AND pg_has_role(current_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = r.source), 'USAGE');
+    -- the trigger on qwen.registrations puts the parked entries back (row-level security: own tables only)
+    UPDATE qwen.registrations r SET retry_failed_at = clock_timestamp()
+     WHERE qwen_retry_failed.source IS NULL OR r.source = qwen_retry_failed.source;
     RETURN n;
 END
 $$;
