@@ -23,7 +23,8 @@ def test_upgrade_creates_table_registers_it_and_the_worker_fills_it(bare_db, not
     cfg = alembic_config(bare_db)
     run(cfg, bare_db, command.upgrade, "heads")
     with psycopg.connect(bare_db, autocommit=True) as conn:
-        assert conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'qwen'").fetchone() == (sql_install.current_version(),)
+        assert conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'qwen'").fetchone() == (
+            sql_install.current_version(),)
         reg = conn.execute("SELECT text_column, embedding_column, model, dimensions FROM qwen.registrations "
                            "WHERE source = 'notes'::regclass").fetchone()
         assert reg == ("body", "embedding", str(tiny_models.embed), DIMS)
@@ -54,7 +55,8 @@ def test_the_qwen_branch_alone_installs_sql_only_when_forced(bare_db):
     run(cfg, bare_db, command.upgrade, "qwen@head")
     with psycopg.connect(bare_db) as conn:
         assert conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'qwen'").fetchone() == (0,)
-        assert conn.execute("SELECT qwen_version()").fetchone() == (sql_install.current_version(),)
+        assert conn.execute("SELECT qwen_version()").fetchone() == (
+            sql_install.current_version(),)
     run(cfg, bare_db, command.downgrade, "qwen@base")
     with psycopg.connect(bare_db) as conn:
         assert conn.execute("SELECT to_regnamespace('qwen')").fetchone() == (None,)

@@ -190,7 +190,7 @@ def test_a_registration_broken_by_a_schema_change_does_not_stop_the_worker_for_o
     assert assert_vectors_are_embeddings(conn, "other", tiny_embedder, 64) == 10
     broken = status(conn, "docs")  # the status view still answers, and says what is wrong
     assert broken["queued"] == 10 and broken["embedded"] is None
-    assert 'column "body" of table docs does not exist' in broken["last_error"]
+    assert 'column "body" of table public.docs does not exist' in broken["last_error"]
     assert conn.execute("SELECT count(*) FROM qwen.queue q JOIN qwen.registrations r ON r.id = q.registration_id "
                         "WHERE r.source = 'docs'::regclass AND q.leased_by IS NULL").fetchone() == (10,)
     # renaming it back repairs the registration; its rows were kept queued all along

@@ -70,7 +70,8 @@ SELECT 'policy', pol.tablename || '.' || pol.policyname, pol.cmd || ' ' || coale
   FROM pg_policies pol WHERE pol.schemaname = 'qwen'
 UNION ALL
 SELECT 'trigger', t.tgrelid::regclass::text || '.' || t.tgname, pg_get_triggerdef(t.oid)
-  FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid WHERE c.relnamespace = 'qwen'::regnamespace AND NOT t.tgisinternal
+  FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+ WHERE c.relnamespace = 'qwen'::regnamespace AND NOT t.tgisinternal
 UNION ALL
 SELECT 'event trigger', e.evtname, e.evtevent || ' ' || e.evtfoid::regproc::text || ' '
        || coalesce(array_to_string(e.evttags, ','), '')

@@ -206,7 +206,8 @@ class Consumer:
         if force or now - self._targets_read_at >= self.options.targets_refresh:
             self._targets = self._claim_db.run(lambda conn: claims.served_targets(conn, self.model))
             self._targets_read_at = now
-            for reg_id, table, reason in self._claim_db.run(lambda conn: claims.skipped_registrations(conn, self.model)):
+            skipped = self._claim_db.run(lambda conn: claims.skipped_registrations(conn, self.model))
+            for reg_id, table, reason in skipped:
                 if reg_id not in self._skip_logged:
                     self._skip_logged.add(reg_id)
                     log.warning("not serving registration %s (%s): %s", reg_id, table, reason)
