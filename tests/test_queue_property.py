@@ -1,6 +1,7 @@
 """The queue's invariant under any interleaving (hypothesis): inserts, updates (to text, NULL or ''),
-deletes, key changes, workers that claim a batch and then die, late write-backs of texts that changed
-meanwhile, and worker restarts — at quiescence every row's vector is the embedding of its *current*
+deletes, deletes and re-inserts of a key in one transaction, key changes and key swaps, writes through the
+partitioned parent and straight into its partitions, workers that claim a batch and then die, late
+write-backs of texts that changed meanwhile, and worker restarts — at quiescence every row's vector is the embedding of its *current*
 text, rows without text have none, and the queue is empty.
 
 The embedder is the deterministic hash-based fake (a vector per text, 64 dims), and the equality is
@@ -30,6 +31,9 @@ OPERATIONS = st.one_of(
     st.tuples(st.just("update"), KEYS, TEXTS),
     st.tuples(st.just("delete"), KEYS),
     st.tuples(st.just("rekey"), KEYS, KEYS),
+    st.tuples(st.just("reinsert"), KEYS, TEXTS),
+    st.tuples(st.just("swap"), KEYS, KEYS),
+    st.tuples(st.just("direct"), KEYS, TEXTS),
     st.tuples(st.just("claim"), st.integers(min_value=1, max_value=4)),
     st.tuples(st.just("write_back"), st.integers(min_value=0, max_value=3)),
     st.tuples(st.just("crash"), st.integers(min_value=0, max_value=3)),
@@ -46,7 +50,10 @@ class Scenario:
         self.conn = connect(db)
         self.conn.execute("DROP TABLE IF EXISTS t")
         self.conn.execute("DELETE FROM qwen.workers")
-        self.conn.execute("CREATE TABLE t (id int PRIMARY KEY, body text)")
+        # partitioned: keys 1-3 live in t_low, 4-6 in t_high (a rekey may move a row across)
+        self.conn.execute("CREATE TABLE t (id int PRIMARY KEY, body text) PARTITION BY RANGE (id)")
+        self.conn.execute("CREATE TABLE t_low PARTITION OF t FOR VALUES FROM (MINVALUE) TO (4)")
+        self.conn.execute("CREATE TABLE t_high PARTITION OF t FOR VALUES FROM (4) TO (MAXVALUE)")
         self.registration = self.conn.execute(
             "SELECT qwen_register('t', 'body', model => %s, dimensions => 64, index_mode => 'none')",
             (backend.info.name,)).fetchone()[0]
@@ -68,6 +75,19 @@ class Scenario:
         elif kind == "rekey":
             c.execute("UPDATE t SET id = %s WHERE id = %s AND NOT EXISTS (SELECT 1 FROM t WHERE id = %s)",
                       (args[1], args[0], args[1]))
+        elif kind == "reinsert":  # the commonest RAG update: delete and insert again, in one transaction
+            with c.transaction():
+                c.execute("DELETE FROM t WHERE id = %s", (args[0],))
+                c.execute("INSERT INTO t VALUES (%s, %s)", args)
+        elif kind == "swap":  # two rows exchange their keys in one transaction (through a free key, 0)
+            with c.transaction():
+                c.execute("UPDATE t SET id = 0 WHERE id = %s", (args[0],))
+                c.execute("UPDATE t SET id = %s WHERE id = %s", (args[0], args[1]))
+                c.execute("UPDATE t SET id = %s WHERE id = 0", (args[1],))
+        elif kind == "direct":  # straight into the partition, bypassing the parent's triggers
+            partition = "t_low" if args[0] < 4 else "t_high"
+            c.execute(f"INSERT INTO {partition} VALUES (%s, %s) ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body",
+                      args)
         elif kind == "claim":
             worker = self.new_worker()
             batch = claim(c, Target(self.registration, 0, 64), worker, args[0], timedelta(hours=1))
@@ -149,7 +169,7 @@ def test_the_property_test_fails_on_a_queue_that_loses_an_update(property_db):
     try:
         scenario.apply(("upsert", 1, "alpha"))
         scenario.apply(("restart",))
-        scenario.conn.execute("ALTER TABLE t DISABLE TRIGGER USER")
+        scenario.conn.execute("ALTER TABLE t DISABLE TRIGGER USER")  # the parent's and its partitions'
         scenario.apply(("update", 1, "beta"))
         scenario.conn.execute("ALTER TABLE t ENABLE TRIGGER USER")
         scenario.settle()
