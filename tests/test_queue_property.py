@@ -1,8 +1,8 @@
 """The queue's invariant under any interleaving (hypothesis): inserts, updates (to text, NULL or ''),
 deletes, deletes and re-inserts of a key in one transaction, key changes and key swaps, writes through the
 partitioned parent and straight into its partitions, workers that claim a batch and then die, late
-write-backs of texts that changed meanwhile, and worker restarts — at quiescence every row's vector is the embedding of its *current*
-text, rows without text have none, and the queue is empty.
+write-backs of texts that changed meanwhile, and worker restarts — at quiescence every row's vector is
+the embedding of its *current* text, rows without text have none, and the queue is empty.
 
 The embedder is the deterministic hash-based fake (a vector per text, 64 dims), and the equality is
 checked against that same embedder: this is about the queue, not the model."""
