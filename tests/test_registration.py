@@ -165,3 +165,32 @@ def test_only_the_owner_can_register_a_table(db, make_role):
         assert conn.execute("DELETE FROM qwen.registrations RETURNING id").fetchall() == []  # RLS: not yours
     with psycopg.connect(db, autocommit=True) as admin:
         assert queued(admin) == 2
+
+
+def test_long_and_multibyte_table_names_get_distinct_byte_safe_object_names(db):
+    """Names of indexes and shadow columns come from the registration id: two tables whose names share
+    their first 60 bytes (one of them multibyte) each get their own deferred index and qwen_alter shadow."""
+    from tests.fixtures.worker import FakeEmbedder
+    from tests.queue_support import assert_vectors_are_embeddings, connect, run_until_idle
+
+    backend = FakeEmbedder()
+    conn = connect(db)
+    long_name = "n" * 60
+    multibyte = "ü" * 31  # 62 bytes
+    for table in (long_name, long_name[:-1] + "x", multibyte):
+        conn.execute(f'CREATE TABLE "{table}" (id int PRIMARY KEY, body text)')
+        conn.execute(f'INSERT INTO "{table}" VALUES (1, %s), (2, %s)', (table + " one", "two"))
+        conn.execute("SELECT qwen_register(%s::regclass, 'body', model => %s, dimensions => 64)",
+                     (f'"{table}"', backend.info.name))
+        conn.execute("SELECT qwen_alter(%s::regclass, dimensions => 32)", (f'"{table}"',))
+    names = conn.execute("SELECT index_name, next_column, next_index_name FROM qwen.registrations ORDER BY id"
+                         ).fetchall()
+    assert len({n for row in names for n in row}) == 9  # all distinct, none cut
+    assert all(len(n.encode()) < 63 for row in names for n in row)
+    run_until_idle(db, backend)  # backfill, deferred indexes, re-embed, swap
+    for table in (long_name, long_name[:-1] + "x", multibyte):
+        assert assert_vectors_are_embeddings(conn, f'"{table}"', backend, 32) == 2
+    st = conn.execute("SELECT count(*) FILTER (WHERE index_ready), count(*) FILTER (WHERE pending_alter IS NULL), "
+                      "min(dimensions) FROM qwen_status").fetchone()
+    assert st == (3, 3, 32)
+    conn.close()

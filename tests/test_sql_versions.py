@@ -103,3 +103,48 @@ def test_upgrading_a_released_version_equals_a_fresh_install(pg_server, old):
     finally:
         drop_database(pg_server, fresh)
         drop_database(pg_server, upgraded)
+
+
+@pytest.mark.parametrize("old", OLDER)
+def test_the_sql_only_upgrade_equals_a_fresh_sql_only_install(pg_server, old):
+    from tests.fixtures.db import create_database, drop_database
+
+    fresh, upgraded = create_database(pg_server, "template0"), create_database(pg_server, "template0")
+    try:
+        with psycopg.connect(pg_server.dsn(fresh), autocommit=True) as conn:
+            sql_install.install_sql(conn)
+            expected = conn.execute(CATALOG_SNAPSHOT).fetchall()
+        with psycopg.connect(pg_server.dsn(upgraded), autocommit=True) as conn:
+            sql_install.install_sql(conn, version=old)
+            assert sql_install.upgrade_sql(conn) == sql_install.current_version()
+            upgraded_catalog = conn.execute(CATALOG_SNAPSHOT).fetchall()
+            assert sorted(set(upgraded_catalog) - set(expected)) == [], "only after the upgrade"
+            assert sorted(set(expected) - set(upgraded_catalog)) == [], "only in a fresh install"
+    finally:
+        drop_database(pg_server, fresh)
+        drop_database(pg_server, upgraded)
+
+
+@pytest.mark.parametrize("old", OLDER)
+def test_registrations_and_queue_entries_of_an_older_version_keep_working_after_the_upgrade(bare_db, old):
+    from tests.fixtures.worker import FakeEmbedder
+    from tests.queue_support import assert_vectors_are_embeddings, connect, run_until_idle
+
+    backend = FakeEmbedder()
+    with psycopg.connect(bare_db, autocommit=True) as c:
+        c.execute(f"CREATE EXTENSION qwen VERSION '{old}' CASCADE")
+    conn = connect(bare_db)
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 10) g")
+    conn.execute("SELECT qwen_register('notes', 'body', model => %s, dimensions => 64, index_mode => 'deferred')",
+                 (backend.info.name,))
+    conn.execute("ALTER EXTENSION qwen UPDATE")
+    assert conn.execute("SELECT count(*) FROM qwen.queue").fetchone() == (10,)  # the backfill survived
+    conn.execute("INSERT INTO notes VALUES (11, 'written after the upgrade')")
+    conn.execute("UPDATE notes SET body = 'changed after the upgrade' WHERE id = 1")
+    conn.execute("DELETE FROM notes WHERE id = 2")
+    run_until_idle(bare_db, backend)
+    assert assert_vectors_are_embeddings(conn, "notes", backend, 64) == 10
+    assert conn.execute("SELECT count(*) FROM qwen.queue").fetchone() == (0,)
+    assert conn.execute("SELECT index_ready FROM qwen_status").fetchone() == (True,)  # its old index name
+    conn.close()
