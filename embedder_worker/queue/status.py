@@ -10,7 +10,7 @@ from psycopg.rows import dict_row
 STATUS_COLUMNS = ("registration_id", "source", "text_column", "embedding_column", "model", "dimensions",
                   "generation", "rows_total", "rows_with_text", "embedded", "coverage", "queued", "in_flight",
                   "failed", "oldest_pending_age", "last_error", "workers", "backfill_done", "index_ready",
-                  "pending_alter")
+                  "pending_alter", "worker_skips")
 
 
 def fetch_status(conn: psycopg.Connection) -> list[dict[str, Any]]:
@@ -25,6 +25,4 @@ def remaining(conn: psycopg.Connection, registration_id: int) -> int:
 
 
 def live_workers(conn: psycopg.Connection, model: str) -> int:
-    return conn.execute(
-        "SELECT count(*) FROM qwen.workers w WHERE w.model = %s "
-        "AND w.heartbeat_at >= clock_timestamp() - 3 * w.heartbeat_interval", (model,)).fetchone()[0]
+    return conn.execute("SELECT qwen.live_workers(%s)", (model,)).fetchone()[0]

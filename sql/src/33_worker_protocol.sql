@@ -62,6 +62,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT CASE
         WHEN c.oid IS NULL THEN 'the table is gone'
+        WHEN NOT EXISTS (SELECT 1 FROM pg_roles a WHERE a.rolname = p_role) THEN format('worker role %I is gone', p_role)
         WHEN NOT pg_has_role(p_role, c.relowner, 'USAGE')
             THEN format('worker role %I cannot act as the table''s owner %I', p_role, c.relowner::regrole)
         WHEN (SELECT a.rolsuper FROM pg_roles a WHERE a.rolname = p_role)
@@ -282,11 +283,28 @@ END
 $$;
 
 
+-- The one rule for "is this worker alive": a heartbeat within three of its intervals. Workers past it
+-- are dead: their leases are claimable at once, without waiting for lease_until.
+CREATE OR REPLACE FUNCTION qwen._worker_is_alive(p_heartbeat_at timestamptz, p_interval interval) RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT p_heartbeat_at >= clock_timestamp() - 3 * p_interval $$;
+
 CREATE OR REPLACE FUNCTION qwen._worker_alive(p_worker bigint) RETURNS boolean
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT EXISTS (SELECT 1 FROM qwen.workers w
-                   WHERE w.id = p_worker AND w.heartbeat_at >= clock_timestamp() - 3 * w.heartbeat_interval)
+                   WHERE w.id = p_worker AND qwen._worker_is_alive(w.heartbeat_at, w.heartbeat_interval))
+$$;
+
+-- How many live workers serve a model (for `qwen-pg register --wait` and qwen_status): a count, readable
+-- by anyone (qwen.workers itself is the workers' own table).
+CREATE OR REPLACE FUNCTION qwen.live_workers(p_model text) RETURNS bigint
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT count(*) FROM qwen.workers w
+    WHERE w.model = p_model AND qwen._worker_is_alive(w.heartbeat_at, w.heartbeat_interval)
 $$;
 

@@ -52,7 +52,7 @@ AS $$
                string_agg(DISTINCT qwen._worker_skip_reason(wk.role, r.source), '; ') AS skips
         FROM qwen.workers wk
         WHERE (wk.model = r.model OR wk.model = r.next_model)
-          AND wk.heartbeat_at >= clock_timestamp() - 3 * wk.heartbeat_interval
+          AND qwen._worker_is_alive(wk.heartbeat_at, wk.heartbeat_interval)
     ) AS w
     WHERE to_regclass(r.source::oid::regclass::text) IS NOT NULL
     ORDER BY r.id
