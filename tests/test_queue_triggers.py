@@ -153,3 +153,13 @@ def test_a_trigger_on_another_table_cannot_reach_a_registration(docs):
                  f"FOR EACH STATEMENT EXECUTE FUNCTION qwen._sync('{reg}')")
     docs.execute("INSERT INTO intruder VALUES (1, 'forged', NULL), (999, 'forged', NULL)")
     assert entries(docs) == before
+
+
+def test_a_forged_write_back_marker_does_not_stop_a_change_from_being_queued(docs):
+    """0.1.0 skipped queueing while `qwen_sync.writeback = on`, a setting any session can make: the old
+    vector then stayed on the new text (search poisoning). There is no marker any more."""
+    with psycopg.connect(docs.info.dsn, autocommit=True) as writer:
+        writer.execute("SET qwen_sync.writeback = on")
+        writer.execute("UPDATE docs SET body = 'poisoned' WHERE id = 1")
+        writer.execute("INSERT INTO docs (id, body) VALUES (500, 'also hidden?')")
+    assert set(entries(docs)) == {"1", "500"}
