@@ -199,7 +199,7 @@ BEGIN
             USING HINT = 'See SELECT source, text_column, embedding_column FROM qwen.registrations; or register it with qwen_register().';
     END IF;
     IF cardinality(found) > 1 THEN
-        RAISE EXCEPTION 'which qwen registration? % match', cardinality(found)
+        RAISE EXCEPTION 'qwen needs to know which registration to use (% match)', cardinality(found)
             USING HINT = format('Pass source => and, when a table has several, embedding_column => (registered: %s).',
                                 (SELECT string_agg(format('%s.%I', f.source, f.embedding_column), ', ')
                                    FROM unnest(found) AS f));
