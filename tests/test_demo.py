@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from embedder_worker import sql_install
+
 
 def test_demo_runs_end_to_end_and_shuts_down(tmp_path):
     data = tmp_path / "demo"
@@ -16,7 +18,7 @@ def test_demo_runs_end_to_end_and_shuts_down(tmp_path):
     )
     out = proc.stdout
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "extensions: qwen 0.1.0" in out
+    assert f"extensions: qwen {sql_install.current_version()}" in out
     assert "qwen_status: queued 0, in flight 0, failed 0" in out
     assert out.count("qwen_search(") == 3 and "qwen_rerank(" in out
     assert "scores NOT meaningful" in out  # the tiny reranker is labelled as such

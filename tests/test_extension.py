@@ -5,6 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from embedder_worker import sql_install
 from tests.fixtures.db import dsn_as
 
 
@@ -12,9 +13,9 @@ def test_create_extension_cascade_installs_vector(bare_db):
     with psycopg.connect(bare_db, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION qwen CASCADE")
         versions = dict(conn.execute("SELECT extname, extversion FROM pg_extension").fetchall())
-        assert versions["qwen"] == "0.1.0"
+        assert versions["qwen"] == sql_install.current_version()
         assert "vector" in versions
-        assert conn.execute("SELECT qwen_version()").fetchone() == ("0.1.0",)
+        assert conn.execute("SELECT qwen_version()").fetchone() == (sql_install.current_version(),)
 
 
 def test_drop_extension_removes_its_schema(bare_db):
