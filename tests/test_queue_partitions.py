@@ -58,9 +58,15 @@ def test_partitions_created_or_attached_later_are_followed(parts):
     parts.execute("ALTER TABLE t ATTACH PARTITION t_loaded FOR VALUES FROM (300) TO (400)")
     assert queued(parts) == {300, 301}  # the attached table's rows
     assert {"t_high", "t_loaded"} <= sync_triggers(parts)
+    parts.execute("CREATE TABLE t_sub (id int PRIMARY KEY, body text, embedding vector(64)) PARTITION BY RANGE (id)")
+    parts.execute("CREATE TABLE t_sub_a PARTITION OF t_sub FOR VALUES FROM (400) TO (450)")
+    parts.execute("INSERT INTO t_sub VALUES (401, 'in a sub-partition attached with its leaf')")
+    parts.execute("ALTER TABLE t ATTACH PARTITION t_sub FOR VALUES FROM (400) TO (500)")
+    assert queued(parts) == {300, 301, 401}
+    assert {"t_sub", "t_sub_a"} <= sync_triggers(parts)
     parts.execute("INSERT INTO t_high VALUES (201, 'new partition')")
     parts.execute("INSERT INTO t_loaded VALUES (302, 'attached partition')")
-    assert queued(parts) == {300, 301, 201, 302}
+    assert queued(parts) == {300, 301, 401, 201, 302}
 
 
 def test_a_detached_partition_loses_its_triggers(parts):

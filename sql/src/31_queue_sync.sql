@@ -275,7 +275,8 @@ BEGIN
                 RAISE EXCEPTION 'partition % of % is not a table', part, r.source
                     USING HINT = 'qwen keeps only plain tables embedded: foreign tables cannot be partitions of a registered table.';
             END IF;
-            IF qwen._install_table_triggers(r.id, part) THEN
+            -- queue the rows of new leaves (a partitioned partition's rows are its leaves' rows)
+            IF qwen._install_table_triggers(r.id, part) AND (SELECT c.relkind FROM pg_class c WHERE c.oid = part) = 'r' THEN
                 PERFORM qwen._enqueue_rows(r, tg, part) FROM unnest(qwen._targets(r.next_column)) AS tg;
             END IF;
         END LOOP;
