@@ -91,3 +91,20 @@ def test_the_worker_embeds_every_partition(parts, db):
     run_until_idle(db, backend)
     assert assert_vectors_are_embeddings(parts, "t", backend, 64) == 4
     assert parts.execute("SELECT count(*) FROM qwen.queue").fetchone() == (0,)
+
+
+def test_a_backfill_never_reads_an_inheritance_child_added_after_registration(db):
+    """The backfill runs as the extension owner: it reads the registered table ONLY, so a child table the
+    owner attaches later with INHERIT (it could be a foreign table, read through someone else's user
+    mapping) is never read with those rights."""
+    conn = connect(db)
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO notes VALUES (1, 'parent row')")
+    conn.execute("SELECT qwen_register('notes', 'body', model => 'fake/embedder', dimensions => 64)")
+    conn.execute("CREATE TABLE child (id int PRIMARY KEY, body text, embedding vector(64))")
+    conn.execute("INSERT INTO child VALUES (2, 'child row')")
+    conn.execute("ALTER TABLE child INHERIT notes")
+    conn.execute("DELETE FROM qwen.queue")
+    conn.execute("SELECT qwen_backfill('notes')")
+    assert queued(conn) == {1}
+    conn.close()

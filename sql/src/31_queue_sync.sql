@@ -88,7 +88,11 @@ DECLARE
     n bigint;
 BEGIN
     PERFORM qwen._assert_columns_safe(r);
-    EXECUTE qwen._enqueue_sql(r, ARRAY[p_target], format('%s s', p_table), 's', qwen._needs_embedding_sql(r, 's'), true);
+    -- ONLY for a plain table: an inheritance child added later (a foreign table, say) is not read
+    EXECUTE qwen._enqueue_sql(r, ARRAY[p_target],
+                              format('%s%s s', CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = p_table) = 'r'
+                                                    THEN 'ONLY ' ELSE '' END, p_table),
+                              's', qwen._needs_embedding_sql(r, 's'), true);
     GET DIAGNOSTICS n = ROW_COUNT;
     PERFORM pg_notify('qwen_queue', r.id::text);
     RETURN n;
