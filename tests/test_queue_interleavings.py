@@ -8,6 +8,7 @@ that lock wait to show in pg_stat_activity (an explicit state, not a sleep), the
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -55,7 +56,9 @@ def write_back(conn, reg: int, worker: int, rows: list) -> tuple[int, int]:
 
 
 def wait_for_lock_wait(observer, pid: int) -> None:
-    for _ in range(10_000):
+    """Until the write-back's backend waits on a lock (a state, not a time; the deadline only ends a hang)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
         state = observer.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
         if state and state[0] == "Lock":
             return
