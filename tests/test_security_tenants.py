@@ -179,3 +179,11 @@ def test_status_shows_row_data_only_to_readers_of_the_table(db, tenants):
         assert c.execute("SELECT count(*) FROM qwen.queue").fetchone() == (0,)  # keys are row data too
     row = hostile.execute("SELECT failed, rows_total, last_error FROM qwen_status").fetchone()
     assert row == (1, 1, "DETAIL: Key (body)=(secret)")
+
+
+def test_a_money_key_is_refused_its_text_follows_a_session_setting(db):
+    conn = connect(db)
+    conn.execute("CREATE TABLE priced (price money PRIMARY KEY, body text)")
+    with pytest.raises(psycopg.errors.RaiseException, match="cannot key rows by"):
+        conn.execute("SELECT qwen_register('priced', 'body', model => 'm', dimensions => 8)")
+    conn.close()

@@ -8,12 +8,14 @@ GRANT USAGE ON SEQUENCE qwen.registrations_id_seq TO PUBLIC;
 
 -- A type whose text form nobody can redefine: built in (below FirstNormalObjectId), a base, range or
 -- multirange type (so no user domain, enum or composite; arrays of built-in types are built in).
--- Only a superuser can add a cast or change the I/O functions of such a type.
+-- Only a superuser can add a cast or change the I/O functions of such a type. Not money (790, and its
+-- array 791): its text form follows lc_monetary, a session setting.
 CREATE OR REPLACE FUNCTION qwen._safe_type(p_type oid) RETURNS boolean
 LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT coalesce((SELECT t.oid < 16384 AND t.typtype IN ('b', 'r', 'm') FROM pg_type t WHERE t.oid = p_type), false)
+    SELECT coalesce((SELECT t.oid < 16384 AND t.typtype IN ('b', 'r', 'm') AND t.oid NOT IN (790, 791)
+                     FROM pg_type t WHERE t.oid = p_type), false)
 $$;
 
 -- A table and every partition below it, at any depth (pg_partition_tree lists nothing for a table that
