@@ -60,8 +60,8 @@ sysdeps:
 	fi
 
 extension: venv sysdeps
-	$(MAKE) -C extension PG_CONFIG=$$($(PY) -c 'from embedder_worker.embedded_db import pg_config_path; print(pg_config_path())')
+	$(MAKE) -C extension PG_CONFIG=$$($(PY) -c 'from qwen_pg.embedded import pg_config_path; print(pg_config_path())')
 
 clean:
-	$(MAKE) -C extension clean PG_CONFIG=$$($(PY) -c 'from embedder_worker.embedded_db import pg_config_path; print(pg_config_path())') || true
+	$(MAKE) -C extension clean PG_CONFIG=$$($(PY) -c 'from qwen_pg.embedded import pg_config_path; print(pg_config_path())') || true
 	rm -rf build *.egg-info .pytest_cache .ruff_cache

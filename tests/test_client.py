@@ -1,4 +1,4 @@
-"""The app-side client (embedder_worker.client): embed and rerank through the worker's request
+"""The app-side client (qwen_pg.client): embed and rerank through the worker's request
 server, and `search` returning what `qwen_search` returns — also where qwen runs without its C module."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import psycopg
 import pytest
 
-from embedder_worker import sql_install
-from embedder_worker.client import WorkerClient, search
+from qwen_pg import sql_install
+from qwen_pg.client import WorkerClient, search
 from tests.queue_support import run_until_idle
 
 TEXTS = [("alice", "I prefer green tea in the morning"), ("alice", "My sister lives in Shanghai"),

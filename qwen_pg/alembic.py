@@ -3,13 +3,13 @@
 - operations `op.create_qwen_embedding(table_name, text_column, embedding_column="embedding", model=…,
   dimensions=None, schema=None, index_mode="deferred")` and `op.drop_qwen_embedding(table_name,
   embedding_column="embedding", schema=None)` — each the other's downgrade;
-- an autogenerate comparator: an embedding declared with `embedder_worker.orm.embedding_column` but not
+- an autogenerate comparator: an embedding declared with `qwen_pg.orm.embedding_column` but not
   registered in the database yields `create_qwen_embedding`; a registration with no declaration (on a
   table the metadata knows) yields `drop_qwen_embedding`;
 - `version_location()`: the directory of qwen's own migrations (the `qwen` schema itself), to add to
   `version_locations` so a database managed by Alembic carries the schema in its history.
 
-In env.py: `import embedder_worker.alembic  # noqa: F401`.
+In env.py: `import qwen_pg.alembic  # noqa: F401`.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def _render_args(**kw: Any) -> str:
 
 @renderers.dispatch_for(CreateQwenEmbeddingOp)
 def _render_create(autogen_context: AutogenContext, op: CreateQwenEmbeddingOp) -> str:
-    autogen_context.imports.add("import embedder_worker.alembic  # noqa: F401  (registers qwen operations)")
+    autogen_context.imports.add("import qwen_pg.alembic  # noqa: F401  (registers qwen operations)")
     extra = {"model": op.model, "dimensions": op.dimensions}
     if op.schema:
         extra["schema"] = op.schema
@@ -161,7 +161,7 @@ def _render_create(autogen_context: AutogenContext, op: CreateQwenEmbeddingOp) -
 
 @renderers.dispatch_for(DropQwenEmbeddingOp)
 def _render_drop(autogen_context: AutogenContext, op: DropQwenEmbeddingOp) -> str:
-    autogen_context.imports.add("import embedder_worker.alembic  # noqa: F401  (registers qwen operations)")
+    autogen_context.imports.add("import qwen_pg.alembic  # noqa: F401  (registers qwen operations)")
     extra: dict[str, Any] = {}
     if op.schema:
         extra["schema"] = op.schema

@@ -174,10 +174,10 @@ def uninstall_sql(conn: psycopg.Connection, *, schema: str = "public") -> None:
         conn.execute("DROP SCHEMA IF EXISTS qwen CASCADE")
 
 
-if __name__ == "__main__":  # python -m embedder_worker.sql_install freeze
+if __name__ == "__main__":  # python -m qwen_pg.sql_install freeze
     import sys
 
     if sys.argv[1:] != ["freeze"]:
-        raise SystemExit("usage: python -m embedder_worker.sql_install freeze")
+        raise SystemExit("usage: python -m qwen_pg.sql_install freeze")
     for written in freeze():
         print(f"wrote {written}")

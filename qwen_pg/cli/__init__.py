@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-#: modules under embedder_worker.cli that add sub-commands, in help order
+#: modules under qwen_pg.cli that add sub-commands, in help order
 COMMAND_MODULES = ("db", "models", "worker", "demo")
 
 

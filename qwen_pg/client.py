@@ -18,8 +18,8 @@ from pgvector import Vector
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from .model import qwen3
-from .model.remote_backend import RemoteEmbedder, RemoteError, RemoteReranker, _RemoteClient
+from embedder_worker.model import qwen3
+from embedder_worker.model.remote_backend import RemoteEmbedder, RemoteError, RemoteReranker, _RemoteClient
 
 DEFAULT_SEARCH_TASK = "web_search"
 

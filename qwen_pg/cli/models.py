@@ -88,7 +88,7 @@ def _quiet_loading() -> None:
 
 
 def _load(args: argparse.Namespace, kind: str) -> Any:
-    from ..model.catalog import load_named_embedder, load_named_reranker
+    from embedder_worker.model.catalog import load_named_embedder, load_named_reranker
 
     _quiet_loading()
     load = load_named_embedder if kind == "embedding" else load_named_reranker
@@ -106,7 +106,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from ..model import resolve_task
+    from embedder_worker.model import resolve_task
 
     model = _load(args, "embedding")
     result = model.embed(args.texts, instruction=resolve_task(args.task), dimensions=args.dimensions)
@@ -145,7 +145,7 @@ def _print_embeddings(model: Any, args: argparse.Namespace, result: Any) -> None
 
 
 def _rerank(args: argparse.Namespace) -> int:
-    from ..model import resolve_task
+    from embedder_worker.model import resolve_task
 
     model = _load(args, "reranker")
     result = model.rerank(args.query, args.documents, instruction=resolve_task(args.instruction))
@@ -173,7 +173,7 @@ def _rerank(args: argparse.Namespace) -> int:
 
 
 def _make_tiny_models(args: argparse.Namespace) -> int:
-    from ..model.tiny import make_tiny_models
+    from embedder_worker.model.tiny import make_tiny_models
 
     models = make_tiny_models(args.directory, seed=args.seed)
     print(f"embedder: {models.embed}")
@@ -182,8 +182,8 @@ def _make_tiny_models(args: argparse.Namespace) -> int:
 
 
 def _verify_real_models(args: argparse.Namespace) -> int:
-    from ..model.backend import load_embedder
-    from ..model.verify import run_official_example, why_weights_unavailable
+    from embedder_worker.model.backend import load_embedder
+    from embedder_worker.model.verify import run_official_example, why_weights_unavailable
 
     options: dict[str, Any] = {}
     if args.backend == "remote":

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psycopg
 
-from . import embedded_db
+from . import embedded
 
 
 class ExtensionBuildError(RuntimeError):
@@ -54,7 +54,7 @@ def _scratch_copy(build: Path) -> None:
 
 def build_install_script(version: str, pg_config: Path | str | None = None) -> str:
     """The extension's install script for the current version, exactly as `make` builds it."""
-    pg_config = str(pg_config or embedded_db.pg_config_path())
+    pg_config = str(pg_config or embedded.pg_config_path())
     with tempfile.TemporaryDirectory(prefix="qwen-ext-sql-") as tmp:
         build = Path(tmp)
         _scratch_copy(build)
@@ -79,17 +79,17 @@ def build_and_install(pg_config: Path | str, prefix: Path | None = None) -> None
         _make(install, build / "extension")
 
 
-def embedded_prefix(server: embedded_db.EmbeddedServer) -> Path:
+def embedded_prefix(server: embedded.EmbeddedServer) -> Path:
     return server.data_dir.with_name(server.data_dir.name + "-qwen-extension")
 
 
-def install_into_embedded(server: embedded_db.EmbeddedServer, dsn: str) -> Path:
+def install_into_embedded(server: embedded.EmbeddedServer, dsn: str) -> Path:
     """Build, install under the data dir and point the running server at it."""
     prefix = embedded_prefix(server)
     if prefix.exists():
         shutil.rmtree(prefix)
     prefix.mkdir(parents=True)
-    build_and_install(embedded_db.pg_config_path(), prefix=prefix)
+    build_and_install(embedded.pg_config_path(), prefix=prefix)
     _open_for_server(prefix)
     configure_search_paths(dsn, prefix)
     return prefix
@@ -113,7 +113,7 @@ def _literal(value: str) -> str:
 
 def _open_for_server(prefix: Path) -> None:
     """The server may run as another OS user (embedded_postgres when we are root)."""
-    embedded_db.open_path_to(prefix)
+    embedded.open_path_to(prefix)
     for path in [prefix, *prefix.rglob("*")]:
         mode = path.stat().st_mode
         path.chmod(mode | 0o055 if path.is_dir() else mode | 0o044)

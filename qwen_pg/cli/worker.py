@@ -117,8 +117,8 @@ def _sql_error(exc: Exception) -> CLIError:
 # -- worker -----------------------------------------------------------------------------------------
 
 def _worker(args: argparse.Namespace) -> int:
-    from ..queue import ConsumerOptions, RetryPolicy
-    from ..worker import WorkerConfig, run_worker
+    from embedder_worker.queue import ConsumerOptions, RetryPolicy
+    from embedder_worker.worker import WorkerConfig, run_worker
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
@@ -160,7 +160,7 @@ def _format_age(age: timedelta | None) -> str:
 def _status(args: argparse.Namespace) -> int:
     import psycopg
 
-    from ..queue.status import fetch_status
+    from embedder_worker.queue.status import fetch_status
 
     with _connect(args) as conn:
         try:
@@ -239,7 +239,7 @@ def _watch(conn, registration_id: int) -> None:
         TimeRemainingColumn,
     )
 
-    from ..queue.status import live_workers, remaining
+    from embedder_worker.queue.status import live_workers, remaining
 
     model = conn.execute("SELECT model FROM qwen.registrations WHERE id = %s", (registration_id,)).fetchone()[0]
     if live_workers(conn, model) == 0:

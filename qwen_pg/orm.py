@@ -11,7 +11,7 @@ qwen functions.
 
 `embedding_column` is a pgvector `Vector` / `HALFVEC` column whose `info["qwen"]` carries the
 registration (text column, model, dimensions): `register_embeddings()` and the Alembic integration
-(`embedder_worker.alembic`) read it. The expressions compile to the extension's functions, so they
+(`qwen_pg.alembic`) read it. The expressions compile to the extension's functions, so they
 work the same from sync and async (psycopg 3) sessions.
 """
 
