@@ -22,7 +22,7 @@ from alembic.operations import MigrateOperation, Operations
 from alembic.operations.ops import UpgradeOps
 from sqlalchemy import text
 
-from . import orm
+from . import _resources, orm
 
 #: the first revision of qwen's own migrations; user migrations that register embeddings depend on it
 QWEN_BASE_REVISION = "qwen_0_1_0"
@@ -30,9 +30,7 @@ QWEN_BASE_REVISION = "qwen_0_1_0"
 
 def version_location() -> str:
     """Directory of the migrations that install the qwen schema (branch label `qwen`)."""
-    from .extension_install import source_root
-
-    return str(source_root() / "migrations" / "versions")
+    return str(_resources.migrations_dir() / "versions")
 
 
 @Operations.register_operation("create_qwen_embedding")

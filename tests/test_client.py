@@ -86,8 +86,19 @@ def test_sql_only_mode_searches_through_the_client(bare_db, tiny_worker, tiny_mo
 
 
 def test_health_names_the_models_and_an_absent_worker_is_a_clear_error(client, tmp_path):
-    from embedder_worker.model.remote_backend import RemoteError
+    from qwen_pg.client import RemoteError
 
     assert client.health()
     with pytest.raises(RemoteError, match="unreachable"):
         WorkerClient(f"unix://{tmp_path}/absent.sock").health()
+
+
+def test_the_worker_resolves_the_task_and_refuses_an_unknown_preset(client, tiny_models):
+    """The client sends the task as given: a mistyped preset is the worker's clear error, not a silent
+    one-word instruction."""
+    from qwen_pg.client import RemoteError
+
+    with pytest.raises(RemoteError, match="unknown task preset 'memroy'"):
+        client.embed(["x"], task="memroy", model=str(tiny_models.embed))
+    with pytest.raises(RemoteError, match="unknown task preset 'memroy'"):
+        client.rerank("q", ["a", "b"], task="memroy")

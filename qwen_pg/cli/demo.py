@@ -155,9 +155,7 @@ def _start_worker(dsn: str, model: str, reranker: str, url: str, log: Path) -> s
 
 
 def _wait_for_worker(worker: subprocess.Popen, url: str, log: Path, timeout: float = 300.0) -> None:
-    from embedder_worker.model.remote_backend import RemoteError
-
-    from ..client import WorkerClient
+    from ..client import RemoteError, WorkerClient
 
     client = WorkerClient(url, timeout=2.0)
     deadline = time.monotonic() + timeout

@@ -1,0 +1,51 @@
+"""The application-side package stays light: importing any public qwen_pg module loads neither torch
+nor transformers nor the daemon package, and the package data resolves."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import qwen_pg
+from qwen_pg import _resources
+
+
+def test_public_modules_import_without_the_model_stack():
+    modules = [f"qwen_pg.{name}" for name in qwen_pg.__all__ if name != "__version__"]
+    script = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "from qwen_pg.cli import build_parser\n"
+        "build_parser()\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'sentence_transformers', 'embedder_worker')\n"
+        "               if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ""
+
+
+def test_version_comes_from_the_distribution():
+    from importlib.metadata import version
+
+    assert qwen_pg.__version__ == version("qwen-pg")
+
+
+def test_package_data_resolves():
+    for name in _resources.DATA_DIRS:
+        assert (_resources.data_root() / name).is_dir()
+    assert (_resources.extension_dir() / "qwen.control").is_file()
+    assert (_resources.migrations_dir() / "versions").is_dir()
+    assert list((_resources.sql_dir() / "src").glob("*.sql"))
+
+
+def test_the_build_copies_the_directories_the_package_reads():
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse((Path(__file__).parent.parent / "setup.py").read_text())
+    assigned = {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
+                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id == "DATA_DIRS"}
+    assert assigned["DATA_DIRS"] == _resources.DATA_DIRS
