@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 
+from ._backoff import backoff_delays
+
 #: statuses worth another attempt: the server is busy or restarting
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 #: how a qwen-pg worker says how many inputs it cut to the model's maximum length
@@ -90,9 +92,10 @@ class HTTPClient:
 
     def post(self, path: str, payload: dict[str, Any]) -> httpx.Response:
         last: str = ""
+        delays = backoff_delays(self.backoff)
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self.backoff * (2 ** (attempt - 1)))
+                time.sleep(next(delays))
             try:
                 response = self.client.post(path, json=payload)
             except httpx.TimeoutException:

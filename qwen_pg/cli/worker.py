@@ -107,6 +107,13 @@ def _connect(args: argparse.Namespace):
         raise CLIError(f"cannot connect to the database: {first}") from None
 
 
+def _require_schema(conn) -> None:
+    from ..sql_install import HOW_TO_INSTALL, installed_version
+
+    if installed_version(conn) is None:
+        raise CLIError(f"qwen is not installed in this database ({HOW_TO_INSTALL})")
+
+
 def _sql_error(exc: Exception) -> CLIError:
     diag = getattr(exc, "diag", None)
     hint = getattr(diag, "message_hint", None)
@@ -136,9 +143,8 @@ def _worker(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    with _connect(args) as conn:  # fail fast with one line when the database or the extension is missing
-        if conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'qwen'").fetchone()[0] == 0:
-            raise CLIError("the qwen extension is not installed in this database (CREATE EXTENSION qwen CASCADE)")
+    with _connect(args):  # fail fast with one line when the database is unreachable; the schema is waited for
+        pass
     config = WorkerConfig(dsn=args.dsn, model=args.model, backend=args.backend, backend_options=backend_options,
                           consumer=options, listen=args.listen, token=args.token, reranker_model=args.reranker_model)
     return run_worker(config)
@@ -158,15 +164,11 @@ def _format_age(age: timedelta | None) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
-    import psycopg
-
     from embedder_worker.queue.status import fetch_status
 
     with _connect(args) as conn:
-        try:
-            rows = fetch_status(conn)
-        except psycopg.errors.UndefinedTable:
-            raise CLIError("the qwen extension is not installed in this database") from None
+        _require_schema(conn)
+        rows = fetch_status(conn)
     if args.json:
         import json
 
