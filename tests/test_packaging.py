@@ -49,3 +49,18 @@ def test_the_build_copies_the_directories_the_package_reads():
                 if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
                 and node.targets[0].id == "DATA_DIRS"}
     assert assigned["DATA_DIRS"] == _resources.DATA_DIRS
+
+
+def test_the_python_model_facts_match_the_schema(conn):
+    """The ORM declares columns before any database is there, so it keeps a copy of the schema's model
+    facts; this is where a change to one side without the other shows."""
+    from qwen_pg import _models
+
+    assert dict(conn.execute("SELECT model, dimension FROM qwen.models").fetchall()) == _models.KNOWN_DIMENSIONS
+    limit = _models.VECTOR_INDEX_LIMIT
+    for dimensions in (1, limit, limit + 1, 4096):
+        assert conn.execute("SELECT qwen._vector_type_for(%s)", (dimensions,)).fetchone()[0] == \
+            _models.vector_type_name(dimensions)
+    default = conn.execute(
+        "SELECT pg_get_function_arguments('qwen_register'::regproc)").fetchone()[0]
+    assert f"model text DEFAULT '{_models.DEFAULT_EMBEDDING_MODEL}'::text" in default

@@ -85,7 +85,7 @@ def _loadable(model: str) -> bool:
 
 def choose_models(model: str | None, reranker: str | None) -> tuple[str, str, bool]:
     """(embedder, reranker, reranker_meaningful); says in one line when it falls back."""
-    from embedder_worker.model.catalog import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
+    from .._models import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
 
     if model is None:
         if _loadable(DEFAULT_EMBEDDING_MODEL):

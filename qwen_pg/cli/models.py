@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .._models import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
 from . import CLIError
 
 BACKEND_CHOICES = ("transformers", "sentence-transformers", "vllm", "remote")
@@ -42,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("verify-real-models",
                        help="run the Qwen3-Embedding model card's example against the real weights")
-    p.add_argument("--model", default="Qwen/Qwen3-Embedding-0.6B")
+    p.add_argument("--model", default=DEFAULT_EMBEDDING_MODEL)
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="transformers")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="float32")
@@ -52,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _model_options(p: argparse.ArgumentParser, *, kind: str) -> None:
     env = "QWEN_PG_MODEL" if kind == "embedding" else "QWEN_PG_RERANKER_MODEL"
-    default = "Qwen/Qwen3-Embedding-0.6B" if kind == "embedding" else "Qwen/Qwen3-Reranker-0.6B"
+    default = DEFAULT_EMBEDDING_MODEL if kind == "embedding" else DEFAULT_RERANKER_MODEL
     offline = "'tiny' (random test model), 'minilm' (real English model)" if kind == "embedding" else "'tiny'"
     p.add_argument("--model", default=os.environ.get(env, default),
                    help=f"Hugging Face id or folder, or {offline} (default ${env} or {default})")

@@ -10,9 +10,8 @@ import time
 from datetime import timedelta
 from typing import Any
 
+from .._models import DEFAULT_EMBEDDING_MODEL
 from . import CLIError
-
-DEFAULT_MODEL = "Qwen/Qwen3-Embedding-0.6B"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -63,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--table", required=True, help="table name (schema-qualified if needed)")
     p.add_argument("--text-column", required=True)
     p.add_argument("--embedding-column", default="embedding")
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--model", default=DEFAULT_EMBEDDING_MODEL)
     p.add_argument("--dimensions", type=int, default=None,
                    help="Matryoshka dimensions (default: the model's full size)")
     p.add_argument("--index", default="deferred", choices=["immediate", "deferred", "none"],
