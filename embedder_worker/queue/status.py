@@ -25,6 +25,6 @@ def remaining(conn: psycopg.Connection, registration_id: int) -> int:
 
 
 def live_workers(conn: psycopg.Connection, model: str) -> int:
+    # "alive" is the schema's rule (qwen._worker_alive), not restated here
     return conn.execute(
-        "SELECT count(*) FROM qwen.workers w WHERE w.model = %s "
-        "AND w.heartbeat_at >= clock_timestamp() - 3 * w.heartbeat_interval", (model,)).fetchone()[0]
+        "SELECT count(*) FROM qwen.workers w WHERE w.model = %s AND qwen._worker_alive(w.id)", (model,)).fetchone()[0]
