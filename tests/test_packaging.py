@@ -3,6 +3,7 @@ nor transformers nor the daemon package, and the package data resolves."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -64,3 +65,31 @@ def test_the_python_model_facts_match_the_schema(conn):
     default = conn.execute(
         "SELECT pg_get_function_arguments('qwen_register'::regproc)").fetchone()[0]
     assert f"model text DEFAULT '{_models.DEFAULT_EMBEDDING_MODEL}'::text" in default
+
+
+_WITHOUT_TORCH = """
+import sys
+from importlib.abc import MetaPathFinder
+
+class NoTorch(MetaPathFinder):  # as if the [worker] extra were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "torch":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NoTorch())
+from qwen_pg.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_worker_command_without_the_worker_extra_names_it_in_one_line(bare_db):
+    result = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, "embed", "hello", "--model", "tiny"],
+                            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "pip install 'qwen-pg[worker]'" in result.stderr and "torch" in result.stderr
+    # a database-only command does not need it
+    result = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, "status", "--dsn", bare_db],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "qwen is not installed in this database" in result.stderr

@@ -36,7 +36,7 @@ def _psycopg_connection():
 
 def upgrade() -> None:
     if _mode() == "extension":
-        op.execute("CREATE EXTENSION IF NOT EXISTS qwen CASCADE")
+        op.execute("CREATE EXTENSION IF NOT EXISTS qwen VERSION '0.1.0' CASCADE")  # this revision's version
     else:
         from qwen_pg import sql_install
 
