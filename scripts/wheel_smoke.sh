@@ -69,7 +69,8 @@ dsn_for() { "$PY" -c 'import sys; from psycopg.conninfo import make_conninfo; pr
 sql() { "$PY" -c '
 import sys, psycopg
 with psycopg.connect(sys.argv[1], autocommit=True) as conn:
-    for row in conn.execute(sys.argv[2]).fetchall():
+    cur = conn.execute(sys.argv[2])
+    for row in cur.fetchall() if cur.description else ():
         print(*row, sep="|")' "$@"; }
 
 step "qwen-pg db start"
