@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import qwen_pg
 from qwen_pg import _resources
 
@@ -93,3 +95,17 @@ def test_a_worker_command_without_the_worker_extra_names_it_in_one_line(bare_db)
     result = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, "status", "--dsn", bare_db],
                             capture_output=True, text=True)
     assert result.returncode == 1 and "qwen is not installed in this database" in result.stderr
+
+
+def test_install_extension_names_the_missing_build_tools_in_one_line(tmp_path, monkeypatch):
+    from qwen_pg import embedded, extension_install
+
+    with pytest.raises(extension_install.ExtensionBuildError, match="pg_config not found: /nowhere/pg_config"):
+        extension_install.check_build_tools("/nowhere/pg_config")
+    extension_install.check_build_tools(str(embedded.pg_config_path()))  # this machine has them all
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH with neither make nor a compiler
+    with pytest.raises(extension_install.ExtensionBuildError) as err:
+        extension_install.check_build_tools(str(embedded.pg_config_path()))
+    message = str(err.value)
+    assert "\n" not in message and "missing: make, the C compiler" in message
+    assert "apt-get install build-essential libcurl4-openssl-dev" in message
