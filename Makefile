@@ -41,10 +41,14 @@ lint: venv
 
 venv: $(VENV)/.installed
 
-# torch==2.13.0 is pinned in pyproject.toml: pip resolves it to the CPU wheel; vLLM stays an extra.
-$(VENV)/.installed: pyproject.toml
+# The [worker] extra asks for torch as a range; torch 2.13.0 (the CPU wheel, found locally through
+# pip's find-links when there is one) is installed first, so the range is already met and nothing
+# several GB is resolved from the index. TORCH_SPEC= skips that step (e.g. for a CUDA build).
+TORCH_SPEC ?= torch==2.13.0
+$(VENV)/.installed: pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
+	$(if $(TORCH_SPEC),$(PIP) install '$(TORCH_SPEC)')
 	$(PIP) install -e '.[dev]'
 	touch $@
 
@@ -60,8 +64,8 @@ sysdeps:
 	fi
 
 extension: venv sysdeps
-	$(MAKE) -C extension PG_CONFIG=$$($(PY) -c 'from embedder_worker.embedded_db import pg_config_path; print(pg_config_path())')
+	$(MAKE) -C extension PG_CONFIG=$$($(PY) -c 'from qwen_pg.embedded import pg_config_path; print(pg_config_path())')
 
 clean:
-	$(MAKE) -C extension clean PG_CONFIG=$$($(PY) -c 'from embedder_worker.embedded_db import pg_config_path; print(pg_config_path())') || true
+	$(MAKE) -C extension clean PG_CONFIG=$$($(PY) -c 'from qwen_pg.embedded import pg_config_path; print(pg_config_path())') || true
 	rm -rf build *.egg-info .pytest_cache .ruff_cache

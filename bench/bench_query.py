@@ -36,12 +36,12 @@ import httpx
 import numpy as np
 import psycopg
 
-from embedder_worker import embedded_db, extension_install
 from embedder_worker.model import load_embedder, load_reranker
 from embedder_worker.model.backend import EmbedResult, ModelInfo
 from embedder_worker.model.qwen3 import TASK_PRESETS
 from embedder_worker.model.tiny import TinyShape, cached_tiny_models, make_tiny_models
 from embedder_worker.server import BatchLimits, start_server
+from qwen_pg import embedded, extension_install
 
 SHAPES = {
     "tiny": None,
@@ -221,13 +221,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     base = Path(tempfile.mkdtemp(prefix="qwen-bench-"))
     base.chmod(0o711)
-    server = embedded_db.EmbeddedServer(base / "pg")
+    server = embedded.EmbeddedServer(base / "pg")
     info = server.start()
     try:
         extension_install.install_into_embedded(server, info.dsn)
         with psycopg.connect(info.dsn, autocommit=True) as c:
             c.execute("CREATE DATABASE bench")
-        dsn = embedded_db.dsn_for(info.socket_dir, info.port, "bench")
+        dsn = embedded.dsn_for(info.socket_dir, info.port, "bench")
         socket_path = base / "run" / "worker.sock"
         with psycopg.connect(dsn, autocommit=True) as c:
             c.execute("CREATE EXTENSION qwen CASCADE")

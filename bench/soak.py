@@ -240,9 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     admin_dsn = args.dsn
     if admin_dsn is None:
-        from embedder_worker import embedded_db, extension_install
+        from qwen_pg import embedded, extension_install
 
-        server = embedded_db.EmbeddedServer(Path(tmp.name) / "pg")
+        server = embedded.EmbeddedServer(Path(tmp.name) / "pg")
         admin_dsn = server.start().dsn
         extension_install.install_into_embedded(server, admin_dsn)
     workers: list[subprocess.Popen] = []

@@ -7,10 +7,12 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .queue import Consumer, ConsumerOptions
+from .schema_wait import wait_for_schema
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,10 @@ def run_worker(config: WorkerConfig) -> int:
     from .model.catalog import load_named_embedder as load_embedder
     from .model.catalog import load_named_reranker as load_reranker
 
+    stopping = threading.Event()  # a signal before the consumer runs: while waiting or loading
+    _on_signals(stopping.set)
+    if wait_for_schema(config.dsn, stop=stopping, max_interval=config.consumer.poll_interval) is None:
+        return 0
     log.info("loading %s with the %s backend", config.model, config.backend or "default")
     embedder = load_embedder(config.model, config.backend, **config.backend_options)
     reranker = None
@@ -46,7 +52,9 @@ def run_worker(config: WorkerConfig) -> int:
         server = start_server(config.listen, embedder, reranker, config.token)
         log.info("request server listening on %s", server.url)
 
-    _stop_on_signals(consumer)
+    _on_signals(consumer.stop)
+    if stopping.is_set():
+        consumer.stop()
     try:
         return consumer.run()
     finally:
@@ -54,13 +62,14 @@ def run_worker(config: WorkerConfig) -> int:
             server.stop()
 
 
-def _stop_on_signals(consumer: Consumer) -> None:
+def _on_signals(action: Callable[[], None]) -> None:
+    """SIGTERM/SIGINT run `action` (a graceful stop) instead of killing the process."""
     if threading.current_thread() is not threading.main_thread():
         return
 
     def handle(signum: int, _frame: object) -> None:
-        log.info("received %s: finishing the current batch", signal.Signals(signum).name)
-        consumer.stop()
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        action()
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)

@@ -2,7 +2,7 @@
 
     QWEN_PG_DSN=postgresql://… alembic -c migrations/alembic.ini upgrade qwen@head
 
-Apps with their own Alembic environment add `embedder_worker.alembic.version_location()` to their
+Apps with their own Alembic environment add `qwen_pg.alembic.version_location()` to their
 `version_locations` instead (see docs/PYTHON.md)."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import os
 from alembic import context
 from sqlalchemy import create_engine
 
-import embedder_worker.alembic  # noqa: F401  (registers the qwen operations)
-from embedder_worker.orm import sqlalchemy_url
+import qwen_pg.alembic  # noqa: F401  (registers the qwen operations)
+from qwen_pg.orm import sqlalchemy_url
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or os.environ.get("QWEN_PG_DSN")

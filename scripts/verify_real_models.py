@@ -5,7 +5,7 @@
 
 import sys
 
-from embedder_worker.cli import main
+from qwen_pg.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["verify-real-models", *sys.argv[1:]]))

@@ -12,10 +12,10 @@ from alembic.autogenerate import produce_migrations, render_python_code
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
-import embedder_worker.alembic as qwen_alembic
-from embedder_worker import sql_install
-from embedder_worker.orm import sqlalchemy_url
+import qwen_pg.alembic as qwen_alembic
+from qwen_pg import sql_install
 from embedder_worker.queue import Consumer, ConsumerOptions
+from qwen_pg.orm import sqlalchemy_url
 from tests.fixtures.notes_app import DIMS, alembic_config, run
 
 

@@ -1,4 +1,4 @@
-"""The app-side client (embedder_worker.client): embed and rerank through the worker's request
+"""The app-side client (qwen_pg.client): embed and rerank through the worker's request
 server, and `search` returning what `qwen_search` returns — also where qwen runs without its C module."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import psycopg
 import pytest
 
-from embedder_worker import sql_install
-from embedder_worker.client import WorkerClient, search
+from qwen_pg import sql_install
+from qwen_pg.client import WorkerClient, search
 from tests.queue_support import run_until_idle
 
 TEXTS = [("alice", "I prefer green tea in the morning"), ("alice", "My sister lives in Shanghai"),
@@ -86,8 +86,19 @@ def test_sql_only_mode_searches_through_the_client(bare_db, tiny_worker, tiny_mo
 
 
 def test_health_names_the_models_and_an_absent_worker_is_a_clear_error(client, tmp_path):
-    from embedder_worker.model.remote_backend import RemoteError
+    from qwen_pg.client import RemoteError
 
     assert client.health()
     with pytest.raises(RemoteError, match="unreachable"):
         WorkerClient(f"unix://{tmp_path}/absent.sock").health()
+
+
+def test_the_worker_resolves_the_task_and_refuses_an_unknown_preset(client, tiny_models):
+    """The client sends the task as given: a mistyped preset is the worker's clear error, not a silent
+    one-word instruction."""
+    from qwen_pg.client import RemoteError
+
+    with pytest.raises(RemoteError, match="unknown task preset 'memroy'"):
+        client.embed(["x"], task="memroy", model=str(tiny_models.embed))
+    with pytest.raises(RemoteError, match="unknown task preset 'memroy'"):
+        client.rerank("q", ["a", "b"], task="memroy")

@@ -6,13 +6,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from embedder_worker import sql_install
+from qwen_pg import sql_install
 
 
 def test_demo_runs_end_to_end_and_shuts_down(tmp_path):
     data = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "embedder_worker.cli", "demo", "--data-dir", str(data),
+        [sys.executable, "-m", "qwen_pg.cli", "demo", "--data-dir", str(data),
          "--model", "tiny", "--reranker-model", "tiny"],
         capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
     )

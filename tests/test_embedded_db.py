@@ -7,13 +7,13 @@ import socket
 import psycopg
 import pytest
 
-from embedder_worker import embedded_db
-from embedder_worker.cli import main
+from qwen_pg import embedded
+from qwen_pg.cli import main
 
 
 @pytest.fixture
 def server(tmp_path):
-    srv = embedded_db.EmbeddedServer(tmp_path / "data")
+    srv = embedded.EmbeddedServer(tmp_path / "data")
     yield srv
     srv.stop(mode="immediate")
 
@@ -50,8 +50,8 @@ def test_refuses_a_non_empty_foreign_directory(tmp_path):
     d = tmp_path / "occupied"
     d.mkdir()
     (d / "precious.txt").write_text("do not touch")
-    with pytest.raises(embedded_db.EmbeddedDBError, match="not empty"):
-        embedded_db.EmbeddedServer(d).start()
+    with pytest.raises(embedded.EmbeddedDBError, match="not empty"):
+        embedded.EmbeddedServer(d).start()
     assert (d / "precious.txt").read_text() == "do not touch"
 
 
@@ -60,13 +60,13 @@ def test_refuses_a_taken_tcp_port(server):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        with pytest.raises(embedded_db.EmbeddedDBError, match=f"TCP port {port}"):
+        with pytest.raises(embedded.EmbeddedDBError, match=f"TCP port {port}"):
             server.start(port=port, tcp=True)
 
 
 def test_refuses_a_different_port_while_running(server):
     server.start(port=55435)
-    with pytest.raises(embedded_db.EmbeddedDBError, match="already running on port 55435"):
+    with pytest.raises(embedded.EmbeddedDBError, match="already running on port 55435"):
         server.start(port=55436)
 
 

@@ -8,8 +8,8 @@ from sqlalchemy import create_engine
 from starlette.testclient import TestClient
 
 from embedder_worker.model.qwen3 import resolve_task
-from embedder_worker.orm import sqlalchemy_url
 from embedder_worker.queue import Consumer, ConsumerOptions
+from qwen_pg.orm import sqlalchemy_url
 from tests.fixtures.notes_app import DIMS, alembic_config, run
 
 NOTES = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from embedder_worker import sql_install
+from qwen_pg import sql_install
 from tests.fixtures.db import dsn_as
 
 

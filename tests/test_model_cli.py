@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from embedder_worker.cli import main
 from embedder_worker.model import TASK_PRESETS
+from qwen_pg.cli import main
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

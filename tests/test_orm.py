@@ -11,7 +11,8 @@ from sqlalchemy import BigInteger, Text, create_engine, select
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from embedder_worker.orm import (
+from embedder_worker.queue import Consumer, ConsumerOptions
+from qwen_pg.orm import (
     declared_embeddings,
     embedding_column,
     qwen_query,
@@ -22,7 +23,6 @@ from embedder_worker.orm import (
     registered_embeddings,
     sqlalchemy_url,
 )
-from embedder_worker.queue import Consumer, ConsumerOptions
 
 DIMS = 48
 TEXTS = ["The capital of China is Beijing.", "Gravity attracts two bodies.", "我有一部 iPhone",

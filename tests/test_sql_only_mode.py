@@ -6,8 +6,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from embedder_worker import sql_install
-from embedder_worker.cli import main
+from qwen_pg import sql_install
+from qwen_pg.cli import main
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_in_query_calls_say_they_are_unavailable(plain, call):
     with pytest.raises(psycopg.errors.FeatureNotSupported) as err:
         plain.execute(call)
     assert "without its C module" in str(err.value)
-    assert "embedder_worker.client" in err.value.diag.message_hint
+    assert "qwen_pg.client" in err.value.diag.message_hint
 
 
 def test_refuses_a_database_that_has_the_extension(db):

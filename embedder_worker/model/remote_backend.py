@@ -10,96 +10,16 @@ from __future__ import annotations
 
 import base64
 import os
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+# the HTTP side (URL forms, retries, error wording) is shared with the app-side client
+from qwen_pg._http import TRUNCATED_HEADER, HTTPClient, RemoteError
+
 from . import qwen3
 from .backend import EmbedResult, ModelInfo, RerankResult, empty_embed_result, empty_rerank_result
-
-#: statuses worth another attempt: the server is busy or restarting
-RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-TRUNCATED_HEADER = "X-Qwen-Truncated"
-
-
-class RemoteError(RuntimeError):
-    """The remote server failed or answered something that is not a usable reply."""
-
-
-def _error_message(response: Any) -> str:
-    """The server's own words: OpenAI `{"error": {"message"}}`, FastAPI/vLLM `{"detail"}`, or the text."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:300].strip() or response.reason_phrase
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])[:300]
-        if isinstance(error, str):
-            return error[:300]
-        if body.get("detail"):
-            return str(body["detail"])[:300]
-        if body.get("message"):
-            return str(body["message"])[:300]
-    return str(body)[:300]
-
-
-class _RemoteClient:
-    """POST JSON with a bearer token, a timeout and bounded exponential-backoff retries."""
-
-    def __init__(self, url: str, *, api_key: str | None, timeout: float, retries: int, backoff: float) -> None:
-        import httpx
-
-        if url.startswith("unix://"):
-            # unix:///abs/path.sock[/prefix] is how a local qwen-pg worker listens
-            socket_path = url[len("unix://"):]
-            if ".sock" in socket_path:
-                end = socket_path.index(".sock") + len(".sock")
-                socket_path, prefix = socket_path[:end], socket_path[end:]
-            else:
-                prefix = ""
-            transport = httpx.HTTPTransport(uds=socket_path)
-            base_url = "http://localhost" + prefix.rstrip("/")
-        else:
-            transport = None
-            base_url = url.rstrip("/")
-            if base_url.endswith("/v1"):  # OpenAI clients are often configured with …/v1
-                base_url = base_url[: -len("/v1")]
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.url = url
-        self.retries = max(0, int(retries))
-        self.backoff = float(backoff)
-        self.client = httpx.Client(base_url=base_url, headers=headers, transport=transport,
-                                   timeout=httpx.Timeout(timeout))
-
-    def post(self, path: str, payload: dict[str, Any]) -> Any:
-        import httpx
-
-        last: str = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * (2 ** (attempt - 1)))
-            try:
-                response = self.client.post(path, json=payload)
-            except httpx.TimeoutException:
-                last = f"timed out after {self.client.timeout.read}s"
-                continue
-            except httpx.TransportError as exc:
-                last = f"unreachable ({exc.__class__.__name__}: {exc})"
-                continue
-            if response.status_code in RETRY_STATUSES:
-                last = f"HTTP {response.status_code}: {_error_message(response)}"
-                continue
-            if response.status_code >= 400:
-                raise RemoteError(f"{self.url}{path} returned HTTP {response.status_code}: {_error_message(response)}")
-            return response
-        raise RemoteError(f"{self.url}{path} failed after {self.retries + 1} attempts: {last}")
-
-    def close(self) -> None:
-        self.client.close()
 
 
 def _decode_embedding(item: Any) -> np.ndarray:
@@ -136,7 +56,7 @@ class RemoteEmbedder:
         self.batch_size = max(1, int(batch_size))
         self.send_dimensions = send_dimensions
         self.encoding_format = encoding_format
-        self.client = _RemoteClient(url, api_key=api_key or os.environ.get("QWEN_PG_REMOTE_API_KEY"),
+        self.client = HTTPClient(url, api_key=api_key or os.environ.get("QWEN_PG_REMOTE_API_KEY"),
                                     timeout=timeout, retries=retries, backoff=backoff)
         if dimension is None:  # one small request tells the full size, and that the server is there at all
             dimension = int(self._request(["dimension probe"], None)[0].shape[1])
@@ -192,7 +112,7 @@ class RemoteReranker:
         self.model = model
         self.endpoint = endpoint
         self.prompt = prompt
-        self.client = _RemoteClient(url, api_key=api_key or os.environ.get("QWEN_PG_REMOTE_API_KEY"),
+        self.client = HTTPClient(url, api_key=api_key or os.environ.get("QWEN_PG_REMOTE_API_KEY"),
                                     timeout=timeout, retries=retries, backoff=backoff)
         self.info = ModelInfo(name=model, kind="reranker", backend="remote", dimension=None,
                               max_length=int(max_length))

@@ -13,6 +13,8 @@ from typing import TypeVar
 import psycopg
 from pgvector.psycopg import register_vector
 
+from qwen_pg._backoff import backoff_delays
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -63,7 +65,7 @@ class Reconnecting:
         return conn
 
     def connection(self, *, give_up_when_stopped: bool = True) -> psycopg.Connection:
-        delay = 0.1
+        delays = backoff_delays(0.1, self._max_backoff)
         while self._conn is None or self._conn.closed:
             try:
                 self._conn = self._open()
@@ -78,10 +80,10 @@ class Reconnecting:
                 self.close()
                 if give_up_when_stopped and self._stop is not None and self._stop.is_set():
                     raise Stopped() from exc
+                delay = next(delays)
                 log.warning("%s: database unreachable (%s); retrying in %.1fs", self.name,
                             str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, delay)
                 time.sleep(delay)
-                delay = min(delay * 2, self._max_backoff)
         return self._conn
 
     def run(self, operation: Callable[[psycopg.Connection], T], *, give_up_when_stopped: bool = True) -> T:

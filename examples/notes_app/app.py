@@ -12,8 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from embedder_worker.orm import qwen_query
 from examples.notes_app.models import DIMENSIONS, Note
+from qwen_pg.orm import qwen_query
 
 
 def create_app(engine: Engine) -> Starlette:

@@ -10,7 +10,7 @@ import os
 from sqlalchemy import BigInteger, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from embedder_worker.orm import embedding_column
+from qwen_pg.orm import embedding_column
 
 MODEL = os.environ.get("NOTES_MODEL", "Qwen/Qwen3-Embedding-0.6B")
 DIMENSIONS = int(os.environ.get("NOTES_DIMENSIONS", "1024"))

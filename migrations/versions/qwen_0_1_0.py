@@ -1,9 +1,9 @@
 """qwen schema 0.1.0: registrations, queue, triggers, status, query functions.
 
 Installs the extension (`CREATE EXTENSION qwen CASCADE`) where the server has it, otherwise the
-SQL-only schema rendered from the same sources (`embedder_worker.sql_install`): queue, triggers,
+SQL-only schema rendered from the same sources (`qwen_pg.sql_install`): queue, triggers,
 registration and status work; in-query model calls then say they are unavailable and the app embeds
-through `embedder_worker.client`. Force one with `alembic -x qwen_mode=extension|sql upgrade …`.
+through `qwen_pg.client`. Force one with `alembic -x qwen_mode=extension|sql upgrade …`.
 
 Revision ID: qwen_0_1_0
 Revises:
@@ -38,7 +38,7 @@ def upgrade() -> None:
     if _mode() == "extension":
         op.execute("CREATE EXTENSION IF NOT EXISTS qwen VERSION '0.1.0' CASCADE")  # later revisions upgrade it
     else:
-        from embedder_worker import sql_install
+        from qwen_pg import sql_install
 
         sql_install.install_sql(_psycopg_connection(), version="0.1.0")
 
@@ -50,6 +50,6 @@ def downgrade() -> None:
     if installed:
         op.execute("DROP EXTENSION qwen")
     else:
-        from embedder_worker import sql_install
+        from qwen_pg import sql_install
 
         sql_install.uninstall_sql(_psycopg_connection())

@@ -1,7 +1,7 @@
 """qwen schema 0.2.0: trust boundaries and a queue that loses nothing (see CHANGELOG.md).
 
 `ALTER EXTENSION qwen UPDATE TO '0.2.0'` where qwen is installed as an extension, otherwise the SQL-only
-upgrade rendered from the same sources (`embedder_worker.sql_install.upgrade_sql`). Run it as a role that
+upgrade rendered from the same sources (`qwen_pg.sql_install.upgrade_sql`). Run it as a role that
 owns the registered tables (or a superuser): it reinstalls their sync triggers.
 
 Revision ID: qwen_0_2_0
@@ -28,7 +28,7 @@ def upgrade() -> None:
     if _extension_installed():
         op.execute("ALTER EXTENSION qwen UPDATE TO '0.2.0'")
     else:
-        from embedder_worker import sql_install
+        from qwen_pg import sql_install
 
         sql_install.upgrade_sql(op.get_bind().connection.driver_connection)
 

@@ -14,7 +14,7 @@ AS $$
 BEGIN
     RAISE EXCEPTION 'qwen is installed without its C module: in-query model calls are unavailable here'
         USING ERRCODE = 'feature_not_supported',
-              HINT = 'Embed app-side with the Python client (embedder_worker.client: embed, search, rerank), '
+              HINT = 'Embed app-side with the Python client (qwen_pg.client: embed, search, rerank), '
                      'or install the extension where C extensions are allowed: CREATE EXTENSION qwen CASCADE.';
 END
 $$;

@@ -7,9 +7,9 @@ import os
 from alembic import context
 from sqlalchemy import create_engine
 
-import embedder_worker.alembic  # noqa: F401  (registers op.create_qwen_embedding / autogenerate)
-from embedder_worker.orm import sqlalchemy_url
+import qwen_pg.alembic  # noqa: F401  (registers op.create_qwen_embedding / autogenerate)
 from examples.notes_app.models import Base
+from qwen_pg.orm import sqlalchemy_url
 
 config = context.config
 

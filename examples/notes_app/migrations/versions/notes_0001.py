@@ -10,9 +10,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from embedder_worker.alembic import QWEN_BASE_REVISION  # importing registers the qwen operations
-from embedder_worker.orm import vector_type_for
 from examples.notes_app.models import DIMENSIONS, MODEL
+from qwen_pg.alembic import QWEN_BASE_REVISION  # importing registers the qwen operations
+from qwen_pg.orm import vector_type_for
 
 revision = "notes_0001"
 down_revision = None

@@ -8,6 +8,7 @@ as the connection's role so privileges and row-level security apply the same way
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +19,9 @@ from pgvector import Vector
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from .model import qwen3
-from .model.remote_backend import RemoteEmbedder, RemoteError, RemoteReranker, _RemoteClient
+from ._http import HTTPClient, RemoteError
+
+__all__ = ["DEFAULT_SEARCH_TASK", "RemoteError", "SearchResult", "WorkerClient", "search"]
 
 DEFAULT_SEARCH_TASK = "web_search"
 
@@ -32,50 +34,57 @@ class SearchResult:
 
 
 class WorkerClient:
-    """A qwen-pg worker's request server: `unix:///path.sock` or `http://host:port` (with `token`)."""
+    """A qwen-pg worker's request server: `unix:///path.sock` or `http://host:port` (with `token`).
+
+    Tasks (a preset name or an instruction sentence) travel to the worker as they are: the worker
+    resolves them, and refuses an unknown preset name, exactly as for `qwen_embed` in SQL."""
 
     def __init__(self, url: str, *, token: str | None = None, timeout: float = 30.0, retries: int = 2) -> None:
         self.url = url
-        self._options: dict[str, Any] = {"url": url, "api_key": token, "timeout": timeout, "retries": retries}
-        self._embedders: dict[str | None, RemoteEmbedder] = {}
-        self._reranker: RemoteReranker | None = None
-        self._http = _RemoteClient(url, api_key=token, timeout=timeout, retries=0, backoff=0.0)
+        self._http = HTTPClient(url, api_key=token, timeout=timeout, retries=retries, backoff=0.5)
 
     def health(self) -> dict[str, Any]:
         """The worker's `/health` reply (its models); RemoteError when it does not answer."""
-        import httpx
-
-        try:
-            response = self._http.client.get("/health")
-        except httpx.TransportError as exc:
-            raise RemoteError(f"{self.url} is unreachable ({exc.__class__.__name__})") from exc
-        if response.status_code != 200:
-            raise RemoteError(f"{self.url}/health returned HTTP {response.status_code}")
-        return response.json()
-
-    def _embedder(self, model: str | None) -> RemoteEmbedder:
-        # one per model name: the worker refuses a request naming a model it does not serve
-        if model not in self._embedders:
-            self._embedders[model] = RemoteEmbedder(model or "", **self._options)
-        return self._embedders[model]
+        return self._http.get("/health").json()
 
     def embed(self, texts: Sequence[str], *, task: str | None = None, dimensions: int | None = None,
               model: str | None = None) -> np.ndarray:
         """float32 (n, d): the query form when `task` (a preset name or an instruction) is given, else the
         document form — as `qwen_embed(text, task, dimensions, model)`."""
-        instruction = qwen3.resolve_task(task)
-        return self._embedder(model).embed(list(texts), instruction=instruction, dimensions=dimensions).vectors
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, dimensions or 0), dtype=np.float32)
+        payload: dict[str, Any] = {"input": texts, "encoding_format": "base64"}
+        for name, value in (("task", task), ("dimensions", dimensions), ("model", model)):
+            if value is not None:
+                payload[name] = value
+        data = self._http.post("/v1/embeddings", payload).json().get("data")
+        if not isinstance(data, list) or len(data) != len(texts):
+            raise RemoteError(f"{self.url}/v1/embeddings sent {len(data or [])} embeddings for {len(texts)} inputs")
+        data = sorted(data, key=lambda item: item["index"])
+        return np.stack([np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4") for item in data])
 
     def rerank(self, query: str, documents: Sequence[str], *, task: str | None = None,
                top_n: int | None = None) -> list[tuple[int, float]]:
         """(index 0-based, score) best first, equal scores in input order — as `qwen_rerank`."""
         if top_n is not None and top_n < 1:
             raise ValueError(f"top_n must be positive, got {top_n}")
-        if self._reranker is None:
-            self._reranker = RemoteReranker("", **self._options)
-        scores = self._reranker.rerank(query, list(documents), instruction=qwen3.resolve_task(task)).scores
-        order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
-        return [(i, float(scores[i])) for i in order[:top_n]]
+        documents = list(documents)
+        if not documents:
+            return []
+        payload: dict[str, Any] = {"query": query, "documents": documents}
+        for name, value in (("task", task), ("top_n", top_n)):
+            if value is not None:
+                payload[name] = value
+        # the worker orders them (its one ranking rule: best first, ties in input order) and cuts to top_n
+        results = self._http.post("/v1/rerank", payload).json().get("results")
+        expected = min(top_n or len(documents), len(documents))
+        if not isinstance(results, list) or len(results) != expected:
+            raise RemoteError(f"{self.url}/v1/rerank scored {len(results or [])} of {expected} documents")
+        return [(int(item["index"]), float(item["relevance_score"])) for item in results]
+
+    def close(self) -> None:
+        self._http.close()
 
 
 def _vector_schema(conn: psycopg.Connection) -> str:

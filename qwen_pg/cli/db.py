@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from .. import embedded_db, extension_install, sql_install
+from .. import embedded, extension_install, sql_install
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,8 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_install_sql)
 
 
-def _server(args: argparse.Namespace) -> embedded_db.EmbeddedServer:
-    return embedded_db.EmbeddedServer(args.data_dir)
+def _server(args: argparse.Namespace) -> embedded.EmbeddedServer:
+    return embedded.EmbeddedServer(args.data_dir)
 
 
 def _start(args: argparse.Namespace) -> int:
@@ -85,7 +85,7 @@ def _status(args: argparse.Namespace) -> int:
 def _url(args: argparse.Namespace) -> int:
     info = _server(args).info()
     if info is None:
-        raise embedded_db.EmbeddedDBError("the embedded server is not running; start it with: qwen-pg db start")
+        raise embedded.EmbeddedDBError("the embedded server is not running; start it with: qwen-pg db start")
     print(info.dsn)
     return 0
 
@@ -118,5 +118,5 @@ def _install_sql(args: argparse.Namespace) -> int:
     with psycopg.connect(dsn, autocommit=True) as conn:
         version = sql_install.install_sql(conn, schema=args.schema)
     print(f"qwen SQL {version} installed without the C module: queue, triggers, registration and status work; "
-          "in-query model calls go through the Python client (embedder_worker.client)")
+          "in-query model calls go through the Python client (qwen_pg.client)")
     return 0

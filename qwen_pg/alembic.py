@@ -3,13 +3,13 @@
 - operations `op.create_qwen_embedding(table_name, text_column, embedding_column="embedding", model=…,
   dimensions=None, schema=None, index_mode="deferred")` and `op.drop_qwen_embedding(table_name,
   embedding_column="embedding", schema=None)` — each the other's downgrade;
-- an autogenerate comparator: an embedding declared with `embedder_worker.orm.embedding_column` but not
+- an autogenerate comparator: an embedding declared with `qwen_pg.orm.embedding_column` but not
   registered in the database yields `create_qwen_embedding`; a registration with no declaration (on a
   table the metadata knows) yields `drop_qwen_embedding`;
 - `version_location()`: the directory of qwen's own migrations (the `qwen` schema itself), to add to
   `version_locations` so a database managed by Alembic carries the schema in its history.
 
-In env.py: `import embedder_worker.alembic  # noqa: F401`.
+In env.py: `import qwen_pg.alembic  # noqa: F401`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from alembic.operations import MigrateOperation, Operations
 from alembic.operations.ops import UpgradeOps
 from sqlalchemy import text
 
-from . import orm
+from . import _resources, orm
 
 #: the first revision of qwen's own migrations; user migrations that register embeddings depend on it
 QWEN_BASE_REVISION = "qwen_0_1_0"
@@ -30,9 +30,7 @@ QWEN_BASE_REVISION = "qwen_0_1_0"
 
 def version_location() -> str:
     """Directory of the migrations that install the qwen schema (branch label `qwen`)."""
-    from .extension_install import source_root
-
-    return str(source_root() / "migrations" / "versions")
+    return str(_resources.migrations_dir() / "versions")
 
 
 @Operations.register_operation("create_qwen_embedding")
@@ -149,7 +147,7 @@ def _render_args(**kw: Any) -> str:
 
 @renderers.dispatch_for(CreateQwenEmbeddingOp)
 def _render_create(autogen_context: AutogenContext, op: CreateQwenEmbeddingOp) -> str:
-    autogen_context.imports.add("import embedder_worker.alembic  # noqa: F401  (registers qwen operations)")
+    autogen_context.imports.add("import qwen_pg.alembic  # noqa: F401  (registers qwen operations)")
     extra = {"model": op.model, "dimensions": op.dimensions}
     if op.schema:
         extra["schema"] = op.schema
@@ -161,7 +159,7 @@ def _render_create(autogen_context: AutogenContext, op: CreateQwenEmbeddingOp) -
 
 @renderers.dispatch_for(DropQwenEmbeddingOp)
 def _render_drop(autogen_context: AutogenContext, op: DropQwenEmbeddingOp) -> str:
-    autogen_context.imports.add("import embedder_worker.alembic  # noqa: F401  (registers qwen operations)")
+    autogen_context.imports.add("import qwen_pg.alembic  # noqa: F401  (registers qwen operations)")
     extra: dict[str, Any] = {}
     if op.schema:
         extra["schema"] = op.schema

@@ -160,6 +160,11 @@ def installed_version(conn: psycopg.Connection) -> str | None:
     return conn.execute(sql.SQL("SELECT {}").format(sql.SQL(row[0]))).fetchone()[0]
 
 
+#: what to do when `installed_version` finds nothing
+HOW_TO_INSTALL = ("CREATE EXTENSION qwen CASCADE; or, without the C module, qwen-pg db install-sql or the "
+                  "Alembic qwen branch")
+
+
 def install_sql(conn: psycopg.Connection, *, schema: str = "public", version: str | None = None) -> str:
     """Install the SQL-only qwen schema in one transaction; returns the version. Idempotent per version."""
     version = version or current_version()
@@ -206,10 +211,10 @@ def uninstall_sql(conn: psycopg.Connection, *, schema: str = "public") -> None:
         conn.execute("DROP SCHEMA IF EXISTS qwen CASCADE")
 
 
-if __name__ == "__main__":  # python -m embedder_worker.sql_install freeze
+if __name__ == "__main__":  # python -m qwen_pg.sql_install freeze
     import sys
 
     if sys.argv[1:] != ["freeze"]:
-        raise SystemExit("usage: python -m embedder_worker.sql_install freeze")
+        raise SystemExit("usage: python -m qwen_pg.sql_install freeze")
     for written in freeze():
         print(f"wrote {written}")

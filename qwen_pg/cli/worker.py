@@ -10,9 +10,8 @@ import time
 from datetime import timedelta
 from typing import Any
 
+from .._models import DEFAULT_EMBEDDING_MODEL
 from . import CLIError
-
-DEFAULT_MODEL = "Qwen/Qwen3-Embedding-0.6B"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -63,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--table", required=True, help="table name (schema-qualified if needed)")
     p.add_argument("--text-column", required=True)
     p.add_argument("--embedding-column", default="embedding")
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--model", default=DEFAULT_EMBEDDING_MODEL)
     p.add_argument("--dimensions", type=int, default=None,
                    help="Matryoshka dimensions (default: the model's full size)")
     p.add_argument("--index", default="deferred", choices=["immediate", "deferred", "none"],
@@ -107,6 +106,13 @@ def _connect(args: argparse.Namespace):
         raise CLIError(f"cannot connect to the database: {first}") from None
 
 
+def _require_schema(conn) -> None:
+    from ..sql_install import HOW_TO_INSTALL, installed_version
+
+    if installed_version(conn) is None:
+        raise CLIError(f"qwen is not installed in this database ({HOW_TO_INSTALL})")
+
+
 def _sql_error(exc: Exception) -> CLIError:
     diag = getattr(exc, "diag", None)
     hint = getattr(diag, "message_hint", None)
@@ -117,8 +123,8 @@ def _sql_error(exc: Exception) -> CLIError:
 # -- worker -----------------------------------------------------------------------------------------
 
 def _worker(args: argparse.Namespace) -> int:
-    from ..queue import ConsumerOptions, RetryPolicy
-    from ..worker import WorkerConfig, run_worker
+    from embedder_worker.queue import ConsumerOptions, RetryPolicy
+    from embedder_worker.worker import WorkerConfig, run_worker
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
@@ -136,9 +142,8 @@ def _worker(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    with _connect(args) as conn:  # fail fast with one line when the database or the extension is missing
-        if conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'qwen'").fetchone()[0] == 0:
-            raise CLIError("the qwen extension is not installed in this database (CREATE EXTENSION qwen CASCADE)")
+    with _connect(args):  # fail fast with one line when the database is unreachable; the schema is waited for
+        pass
     config = WorkerConfig(dsn=args.dsn, model=args.model, backend=args.backend, backend_options=backend_options,
                           consumer=options, listen=args.listen, token=args.token, reranker_model=args.reranker_model)
     return run_worker(config)
@@ -158,15 +163,11 @@ def _format_age(age: timedelta | None) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
-    import psycopg
-
-    from ..queue.status import fetch_status
+    from embedder_worker.queue.status import fetch_status
 
     with _connect(args) as conn:
-        try:
-            rows = fetch_status(conn)
-        except psycopg.errors.UndefinedTable:
-            raise CLIError("the qwen extension is not installed in this database") from None
+        _require_schema(conn)
+        rows = fetch_status(conn)
     if args.json:
         import json
 
@@ -239,7 +240,7 @@ def _watch(conn, registration_id: int) -> None:
         TimeRemainingColumn,
     )
 
-    from ..queue.status import live_workers, remaining
+    from embedder_worker.queue.status import live_workers, remaining
 
     model = conn.execute("SELECT model FROM qwen.registrations WHERE id = %s", (registration_id,)).fetchone()[0]
     if live_workers(conn, model) == 0:

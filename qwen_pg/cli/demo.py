@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .. import embedded_db, extension_install
+from .. import embedded, extension_install
 
 SAMPLE = [
     (1, "苹果手机真好用"),
@@ -85,7 +85,7 @@ def _loadable(model: str) -> bool:
 
 def choose_models(model: str | None, reranker: str | None) -> tuple[str, str, bool]:
     """(embedder, reranker, reranker_meaningful); says in one line when it falls back."""
-    from ..model.catalog import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
+    from .._models import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
 
     if model is None:
         if _loadable(DEFAULT_EMBEDDING_MODEL):
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     model, reranker, reranker_meaningful = choose_models(args.model, args.reranker_model)
     os.environ["HF_HUB_OFFLINE"] = "1"  # everything the worker loads is local now: no hub calls from it
 
-    server = embedded_db.EmbeddedServer(args.data_dir)
+    server = embedded.EmbeddedServer(args.data_dir)
     info = server.start()
     console.print(f"[bold]embedded PostgreSQL[/]: {info.dsn}", soft_wrap=True)
     extension_install.install_into_embedded(server, info.dsn)
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"PostgreSQL {version}; extensions: qwen {exts.get('qwen')}, vector {exts.get('vector')}")
 
     socket_dir = Path(tempfile.mkdtemp(prefix="qwen-demo-"))
-    embedded_db.open_path_to(socket_dir)
+    embedded.open_path_to(socket_dir)
     socket_dir.chmod(0o755)
     url = f"unix://{socket_dir}/worker.sock"
     worker = _start_worker(info.dsn, model, reranker, url, socket_dir / "worker.log")
@@ -148,15 +148,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _start_worker(dsn: str, model: str, reranker: str, url: str, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "embedder_worker.cli", "worker", "--dsn", dsn, "--model", model,
+    cmd = [sys.executable, "-m", "qwen_pg.cli", "worker", "--dsn", dsn, "--model", model,
            "--reranker-model", reranker, "--listen", url, "--poll-interval", "1", "--log-level", "warning"]
     with open(log, "wb") as out:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
 def _wait_for_worker(worker: subprocess.Popen, url: str, log: Path, timeout: float = 300.0) -> None:
-    from ..client import WorkerClient
-    from ..model.remote_backend import RemoteError
+    from ..client import RemoteError, WorkerClient
 
     client = WorkerClient(url, timeout=2.0)
     deadline = time.monotonic() + timeout

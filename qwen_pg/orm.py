@@ -11,7 +11,7 @@ qwen functions.
 
 `embedding_column` is a pgvector `Vector` / `HALFVEC` column whose `info["qwen"]` carries the
 registration (text column, model, dimensions): `register_embeddings()` and the Alembic integration
-(`embedder_worker.alembic`) read it. The expressions compile to the extension's functions, so they
+(`qwen_pg.alembic`) read it. The expressions compile to the extension's functions, so they
 work the same from sync and async (psycopg 3) sessions.
 """
 
@@ -30,15 +30,9 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import Function
 from sqlalchemy.types import Boolean, Float, Integer, String, UserDefinedType
 
-DEFAULT_MODEL = "Qwen/Qwen3-Embedding-0.6B"
-#: full dimension of the known models (as in qwen.models); others need dimensions=
-KNOWN_DIMENSIONS = {
-    "Qwen/Qwen3-Embedding-0.6B": 1024,
-    "Qwen/Qwen3-Embedding-4B": 2560,
-    "Qwen/Qwen3-Embedding-8B": 4096,
-}
-#: pgvector's HNSW limit for `vector`; above it the extension stores `halfvec`
-VECTOR_INDEX_LIMIT = 2000
+from ._models import DEFAULT_EMBEDDING_MODEL, KNOWN_DIMENSIONS, vector_type_name
+
+DEFAULT_MODEL = DEFAULT_EMBEDDING_MODEL
 INFO_KEY = "qwen"
 
 
@@ -60,7 +54,7 @@ class EmbeddingSpec:
 
 
 def vector_type_for(dimensions: int) -> Vector | HALFVEC:
-    return Vector(dimensions) if dimensions <= VECTOR_INDEX_LIMIT else HALFVEC(dimensions)
+    return Vector(dimensions) if vector_type_name(dimensions) == "vector" else HALFVEC(dimensions)
 
 
 def resolve_dimensions(model: str, dimensions: int | None) -> int:
