@@ -13,8 +13,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
 import qwen_pg.alembic as qwen_alembic
-from qwen_pg import sql_install
 from embedder_worker.queue import Consumer, ConsumerOptions
+from qwen_pg import sql_install
 from qwen_pg.orm import sqlalchemy_url
 from tests.fixtures.notes_app import DIMS, alembic_config, run
 
