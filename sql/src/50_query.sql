@@ -5,18 +5,14 @@
 -- Task presets and instruction texts are resolved by the worker (embedder_worker.model.qwen3),
 -- the one place that knows them; an unknown preset name comes back as an ERROR from the worker.
 
--- POST a JSON body to the worker and parse its JSON reply.
-CREATE FUNCTION qwen._request_json(path text, body jsonb) RETURNS jsonb
-LANGUAGE sql VOLATILE PARALLEL RESTRICTED
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT convert_from(qwen._worker_request(path, convert_to(body::text, 'UTF8')), 'UTF8')::jsonb
-$$;
-
 -- The worker's binary reply for one text: d little-endian float32 values.
-CREATE FUNCTION qwen._embed_request(input text, task text, dimensions int, model text)
+-- SECURITY DEFINER: the raw transport (qwen._worker_request) is not executable by PUBLIC; this is
+-- the one narrow request every role may make, to one fixed endpoint with a body built from the
+-- arguments alone. It reads no table and calls no function a caller could supply (the arguments are
+-- plain text/int values, converted by the caller before the call), and pins its search_path.
+CREATE OR REPLACE FUNCTION qwen._embed_request(input text, task text, dimensions int, model text)
 RETURNS bytea
-LANGUAGE sql VOLATILE PARALLEL RESTRICTED
+LANGUAGE sql VOLATILE PARALLEL RESTRICTED SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT qwen._worker_request('/v1/embeddings', convert_to(
@@ -25,7 +21,7 @@ AS $$
 $$;
 
 -- The worker's embedding of one text (binary reply -> vector in C).
-CREATE FUNCTION qwen._embed(input text, task text, dimensions int, model text)
+CREATE OR REPLACE FUNCTION qwen._embed(input text, task text, dimensions int, model text)
 RETURNS @extschema:vector@.vector
 LANGUAGE sql VOLATILE PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
@@ -39,7 +35,7 @@ AS $$ SELECT qwen._vector_from_float32(qwen._embed_request(input, task, dimensio
 -- for the rest of the transaction in two transaction-local settings, keyed by a digest of the worker
 -- URL and all arguments: the worker is asked once, the other calls only decode the cached reply
 -- (kept as base64 of the float32 bytes: far cheaper to write and read than vector text).
-CREATE FUNCTION @extschema@.qwen_embed(input text, task text DEFAULT NULL, dimensions int DEFAULT NULL,
+CREATE OR REPLACE FUNCTION @extschema@.qwen_embed(input text, task text DEFAULT NULL, dimensions int DEFAULT NULL,
                                        model text DEFAULT NULL)
 RETURNS @extschema:vector@.vector
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED

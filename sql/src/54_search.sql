@@ -8,13 +8,13 @@
 -- hnsw.iterative_scan = relaxed_order lets the HNSW scan continue past ef_search until k rows pass
 -- the filter (or hnsw.max_scan_tuples is reached); the candidates are re-sorted exactly afterwards.
 
-CREATE FUNCTION qwen._search_limit() RETURNS int
+CREATE OR REPLACE FUNCTION qwen._search_limit() RETURNS int
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT 1000 $$;
 
 -- The registration qwen_search reads: the only one, or the one of `source` (and `embedding_column`).
-CREATE FUNCTION qwen._search_registration(p_source regclass, p_embedding_column name)
+CREATE OR REPLACE FUNCTION qwen._search_registration(p_source regclass, p_embedding_column name)
 RETURNS qwen.registrations
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -47,7 +47,7 @@ $$;
 
 -- " AND t.col = ($3->>'col')::type …" for an equality filter given as a jsonb object.
 -- Column names are checked against the table and quoted; values stay in the bound jsonb parameter.
-CREATE FUNCTION qwen._search_filter_sql(p_source regclass, p_filter jsonb, p_param int) RETURNS text
+CREATE OR REPLACE FUNCTION qwen._search_filter_sql(p_source regclass, p_filter jsonb, p_param int) RETURNS text
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -83,7 +83,7 @@ $$;
 
 -- The registration to search, checked, and the statement that searches it as the caller:
 -- $1 query vector, $2 how many, $3 filter. Shared by qwen_search and qwen_search_vector.
-CREATE FUNCTION qwen._search_prepare(p_source regclass, p_embedding_column name, p_filter jsonb,
+CREATE OR REPLACE FUNCTION qwen._search_prepare(p_source regclass, p_embedding_column name, p_filter jsonb,
                                      OUT reg qwen.registrations, OUT stmt text)
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -137,7 +137,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION qwen._check_k(k int, what text) RETURNS void
+CREATE OR REPLACE FUNCTION qwen._check_k(k int, what text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -150,7 +150,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION @extschema@.qwen_search(
+CREATE OR REPLACE FUNCTION @extschema@.qwen_search(
     query text,
     task text DEFAULT 'web_search',
     k int DEFAULT 10,
@@ -219,7 +219,7 @@ COMMENT ON FUNCTION @extschema@.qwen_search(text, text, int, regclass, jsonb, bo
 -- The database half of qwen_search for a query vector computed elsewhere (the Python client in
 -- SQL-only mode, or an application's own embedding): same registration choice, checks, access
 -- rules, filter and order.
-CREATE FUNCTION @extschema@.qwen_search_vector(
+CREATE OR REPLACE FUNCTION @extschema@.qwen_search_vector(
     query_vector @extschema:vector@.vector,
     k int DEFAULT 10,
     source regclass DEFAULT NULL,
