@@ -8,9 +8,12 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .queue import Consumer, ConsumerOptions
+
+if TYPE_CHECKING:
+    from .server.limits import RequestLimits
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,7 @@ class WorkerConfig:
     listen: str | None = None
     token: str | None = None
     reranker_model: str | None = None
+    request_limits: RequestLimits | None = None  # the request server's backlog and deadline (None: defaults)
 
 
 def run_worker(config: WorkerConfig) -> int:
@@ -43,7 +47,8 @@ def run_worker(config: WorkerConfig) -> int:
     if config.listen:
         from .server import start_server
 
-        server = start_server(config.listen, embedder, reranker, config.token)
+        server = start_server(config.listen, embedder, reranker, config.token,
+                              request_limits=config.request_limits)
         log.info("request server listening on %s", server.url)
 
     _stop_on_signals(consumer)

@@ -106,4 +106,5 @@ def test_a_failing_request_does_not_fail_the_requests_merged_with_it():
     assert responses[2].json()["error"]["message"] == "this input cannot be embedded"
     expected = FakeEmbedder().embed(["b"]).vectors[0]
     np.testing.assert_allclose(responses[3].json()["data"][0]["embedding"], expected, atol=1e-7)
-    assert embedder.calls[1:] == [["a"], ["b"]]  # after the merged pass failed, each ran alone
+    # after the merged pass failed, each ran alone (in arrival order, which concurrent clients do not fix)
+    assert sorted(embedder.calls[1:]) == [["a"], ["b"]]

@@ -152,12 +152,13 @@ class EmbeddingBatcher:
                 await self._settle()
             if self._limits.max_wait_ms > 0 and self._limits.enabled:
                 await asyncio.sleep(self._limits.max_wait_ms / 1000)
-            batch = self._take_batch()
+            # Requests whose caller went away (disconnected, deadline passed: their future is
+            # cancelled) are not worth a forward pass, nor a place in the batch's bounds.
+            self._queue = deque(p for p in self._queue if not p.future.done())
+            batch = self._take_batch() if self._queue else []
             if not self._queue:
                 self._wakeup.clear()
             self._metrics.queue_depth.labels(self.kind).set(len(self._queue))
-            # Requests whose caller went away (cancelled SQL query) are not worth a forward pass.
-            batch = [p for p in batch if not p.future.done()]
             just_ran = bool(batch)
             if batch:
                 await self._forward(batch)

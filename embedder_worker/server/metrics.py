@@ -53,5 +53,15 @@ class ServerMetrics:
             ["kind"], registry=self.registry,
         )
 
+        self.pending = Gauge(
+            "qwen_server_pending_requests", "Requests admitted and not yet answered (bounded by --max-pending).",
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "qwen_server_dropped_requests",
+            "Requests not served: backlog_full (503), deadline (504), caller_gone (client disconnected).",
+            ["reason"], registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
