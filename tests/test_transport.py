@@ -438,6 +438,28 @@ def test_http_errors_that_need_an_action_say_which(conn, tcp_worker, status, hin
     assert "ALTER DATABASE" not in caught.value.diag.message_hint
 
 
+def test_a_socket_in_a_directory_anyone_can_write_gets_nothing(conn):
+    directory = reachable_socket_dir()
+    os.chmod(directory, 0o777)  # not sticky: anyone could replace the socket
+    path = os.path.join(directory, "worker.sock")
+    worker = StandInWorker(url=f"unix://{path}")
+    server = UnixHTTPServer(path, _handler_for(worker))
+    os.chmod(path, 0o777)
+    _serve(server)
+    try:
+        use_worker(conn, worker.url, token=TOKEN)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as caught:
+            post(conn, "/v1/embeddings", b"{}")
+        assert "any user can write" in caught.value.diag.message_primary
+        assert "--listen unix:///run/qwen/worker.sock" in caught.value.diag.message_hint
+        assert worker.requests == []
+        os.chmod(directory, 0o1777)  # sticky (as /tmp): only the socket's owner may replace it
+        assert post(conn, "/v1/embeddings", b"{}") == b"{}"
+    finally:
+        _stop(server, worker)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def test_content_type_cannot_smuggle_headers(conn, tcp_worker):
     use_worker(conn, tcp_worker.url)
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="control character"):

@@ -23,6 +23,7 @@
 #include "postgres.h"
 
 #include <pwd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -209,6 +210,30 @@ check_request_path(const char *path, bool post)
 			 errmsg("qwen worker request %s \"%s\" is not an endpoint the extension uses",
 					post ? "POST" : "GET", is_url_text(path) ? path : "(not printable)"),
 			 errhint("POST goes to /v1/embeddings or /v1/rerank; GET to /health or /v1/models.")));
+}
+
+/*
+ * A socket in a directory any user can write (and that is not sticky) can be replaced by any local
+ * user, who would then receive query text and the bearer token: refuse to send there.  A directory
+ * that cannot be examined is left to connect() to explain.
+ */
+static void
+check_socket_directory(const WorkerTarget *target)
+{
+	char	   *directory = pstrdup(target->socket_path);
+	char	   *slash = strrchr(directory, '/');
+	struct stat st;
+
+	slash[slash == directory ? 1 : 0] = '\0';
+	if (stat(directory, &st) != 0)
+		return;
+	if ((st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("qwen worker socket \"%s\" is in a directory any user can write", target->socket_path),
+				 errdetail("Any local user could replace the socket and receive the requests and the token."),
+				 errhint("Listen in a directory only the worker's OS user can write, e.g. qwen-pg worker --listen %s.",
+						 QWEN_DEFAULT_WORKER_URL)));
 }
 
 static void
@@ -576,6 +601,8 @@ worker_round_trip(const char *path, const char *body, size_t body_len, const cha
 	check_request_path(path, body != NULL);
 	if (content_type != NULL)
 		check_header_value(content_type, "content type");
+	if (target.socket_path != NULL)
+		check_socket_directory(&target);
 
 	perform_transfer(&target, path, body, body_len, content_type, &reply, &outcome);
 
