@@ -202,7 +202,7 @@ def bench_rerank(dsn: str, repeat: int) -> dict[str, float]:
         conn.execute("SELECT count(*) FROM qwen_rerank(%s, %s::text[])", (query, docs)).fetchone()
         one = timed(lambda: conn.execute("SELECT count(*) FROM qwen_rerank(%s, %s::text[])",
                                          (query, docs)).fetchone(), repeat)
-        scalar = timed(lambda: conn.execute("SELECT max(qwen_rerank(%s, d)) FROM unnest(%s::text[]) AS d",
+        scalar = timed(lambda: conn.execute("SELECT max(qwen_rerank_score(%s, d)) FROM unnest(%s::text[]) AS d",
                                             (query, docs)).fetchone(), repeat)
     return {"one_call": statistics.median(one), "scalar_calls": statistics.median(scalar)}
 
