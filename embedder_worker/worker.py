@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .queue import Consumer, ConsumerOptions
 
 if TYPE_CHECKING:
+    from .server.cache import CacheLimits
     from .server.limits import RequestLimits
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ class WorkerConfig:
     token: str | None = None
     reranker_model: str | None = None
     request_limits: RequestLimits | None = None  # the request server's backlog and deadline (None: defaults)
+    cache: CacheLimits | None = None  # the request server's query-embedding cache (None: no cache)
 
 
 def run_worker(config: WorkerConfig) -> int:
@@ -48,7 +50,7 @@ def run_worker(config: WorkerConfig) -> int:
         from .server import start_server
 
         server = start_server(config.listen, embedder, reranker, config.token,
-                              request_limits=config.request_limits)
+                              request_limits=config.request_limits, cache=config.cache)
         log.info("request server listening on %s", server.url)
 
     _stop_on_signals(consumer)

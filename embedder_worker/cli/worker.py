@@ -54,6 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --listen: requests waiting or in a forward pass before new ones get 503 (default 1024)")
     p.add_argument("--request-timeout", type=float, default=None,
                    help="with --listen: seconds a request may wait for its answer before a 504 (default 60)")
+    p.add_argument("--cache-size", type=int, default=10_000,
+                   help="with --listen: query embeddings kept for repeated texts, shared by all callers (0: no cache)")
+    p.add_argument("--cache-bytes", type=int, default=64 * 2**20, help="with --listen: the cache's size bound in bytes")
+    p.add_argument("--cache-ttl", type=float, default=None,
+                   help="with --listen: seconds a cached embedding stays valid (default: until evicted)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_worker)
 
@@ -138,7 +143,11 @@ def _worker(args: argparse.Namespace) -> int:
             maintenance_interval=args.maintenance_interval, exit_when_idle=args.exit_when_idle,
             retry=RetryPolicy(max_attempts=args.max_attempts, backoff=timedelta(seconds=args.retry_backoff)),
         )
-        request_limits = None
+        request_limits = cache = None
+        if args.listen and args.cache_size > 0:
+            from ..server.cache import CacheLimits
+
+            cache = CacheLimits(max_entries=args.cache_size, max_bytes=args.cache_bytes, ttl=args.cache_ttl)
         if args.listen and (args.max_pending is not None or args.request_timeout is not None):
             from ..server.limits import RequestLimits
 
@@ -153,7 +162,7 @@ def _worker(args: argparse.Namespace) -> int:
             raise CLIError("the qwen extension is not installed in this database (CREATE EXTENSION qwen CASCADE)")
     config = WorkerConfig(dsn=args.dsn, model=args.model, backend=args.backend, backend_options=backend_options,
                           consumer=options, listen=args.listen, token=args.token, reranker_model=args.reranker_model,
-                          request_limits=request_limits)
+                          request_limits=request_limits, cache=cache)
     return run_worker(config)
 
 

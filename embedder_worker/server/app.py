@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .batcher import BatchLimits, EmbeddingBatcher, estimate_tokens
+from .cache import CacheLimits, EmbeddingCache
 from .limits import Backlog, CallerGone, RequestLimits, SerialPasses, answer_while_connected
 from .metrics import CONTENT_TYPE_LATEST, ServerMetrics
 from .schemas import RequestError, parse_embedding_request, parse_rerank_request
@@ -92,12 +93,14 @@ class ServerApp:
         token: str | None = None,
         limits: BatchLimits | None = None,
         request_limits: RequestLimits | None = None,
+        cache: CacheLimits | None = None,
         metrics: ServerMetrics | None = None,
     ) -> None:
         self.embedder = embedder
         self.reranker = reranker
         self.metrics = metrics or ServerMetrics()
-        self.batcher = EmbeddingBatcher(embedder, limits or BatchLimits(), self.metrics)
+        self.cache = EmbeddingCache(embedder.info.name, cache, self.metrics) if cache else None
+        self.batcher = EmbeddingBatcher(embedder, limits or BatchLimits(), self.metrics, self.cache)
         self.request_limits = request_limits or RequestLimits()
         self.backlog = Backlog(self.request_limits, self.metrics)
         self.rerank_passes = SerialPasses("qwen-rerank")

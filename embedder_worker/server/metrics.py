@@ -63,5 +63,18 @@ class ServerMetrics:
             ["reason"], registry=self.registry,
         )
 
+        self.cache_lookups = Counter(
+            "qwen_server_cache_lookups", "Query-embedding cache look-ups, one per text: hit or miss.",
+            ["result"], registry=self.registry,
+        )
+        self.cache_evictions = Counter(
+            "qwen_server_cache_evictions", "Cache entries evicted to stay within --cache-size / --cache-bytes.",
+            registry=self.registry,
+        )
+        self.cache_entries = Gauge("qwen_server_cache_entries", "Texts in the query-embedding cache.",
+                                   registry=self.registry)
+        self.cache_bytes = Gauge("qwen_server_cache_bytes", "Bytes held by the query-embedding cache.",
+                                 registry=self.registry)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
