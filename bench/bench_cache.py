@@ -1,0 +1,119 @@
+"""Benchmark of the request server's query-embedding cache, through SQL.
+
+    .venv/bin/python bench/bench_cache.py [--shape mid] [--repeat 100] [--stream 1000] [--distinct 300]
+
+1. `SELECT qwen_embed(q, 'memory')` latency on a miss (a text never seen) and on a hit (a text embedded
+   before, in another transaction, so qwen_embed's per-transaction memo cannot help), interleaved;
+2. the hit ratio on a stream of queries with repeats: `--stream` draws from `--distinct` queries with
+   Zipf-like popularity (s = 1.1, fixed seed), as a search box or an agent's recurring look-ups produce;
+   counted by the server's `qwen_server_cache_lookups_total`.
+The worker runs in its own process with the default cache (`CacheLimits()`), as `qwen-pg worker --listen`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import shutil
+import statistics
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psycopg
+from bench_query import models_for, ms, timed
+
+from embedder_worker import embedded_db, extension_install
+from embedder_worker.model import load_embedder
+from embedder_worker.server import CacheLimits, start_server
+
+
+def _serve(listen: str, embed_path: str, ready: Any, stop: Any) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    embedder = load_embedder(embed_path, device="cpu", dtype="float32")
+    with start_server(listen, embedder, cache=CacheLimits()):
+        ready.set()
+        stop.wait()
+
+
+@contextlib.contextmanager
+def cached_worker(socket_path: Path, embed_path: Path) -> Iterator[None]:
+    ctx = multiprocessing.get_context("spawn")
+    ready, stop = ctx.Event(), ctx.Event()
+    process = ctx.Process(target=_serve, args=(f"unix://{socket_path}", str(embed_path), ready, stop))
+    process.start()
+    try:
+        if not ready.wait(600):
+            raise RuntimeError("the request server process did not start")
+        yield
+    finally:
+        stop.set()
+        process.join(60)
+
+
+def lookups(socket_path: Path) -> dict[str, float]:
+    text = httpx.Client(transport=httpx.HTTPTransport(uds=str(socket_path))).get("http://w/metrics").text
+    return {result: next((float(line.split()[-1]) for line in text.splitlines()
+                          if line.startswith(f'qwen_server_cache_lookups_total{{result="{result}"}}')), 0.0)
+            for result in ("hit", "miss")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="mid", help="model size (see bench_query.py)")
+    parser.add_argument("--repeat", type=int, default=100, help="hit and miss samples for the latency medians")
+    parser.add_argument("--stream", type=int, default=1000, help="queries in the stream with repeats")
+    parser.add_argument("--distinct", type=int, default=300, help="distinct queries the stream draws from")
+    args = parser.parse_args()
+
+    base = Path(tempfile.mkdtemp(prefix="qwen-bench-"))
+    base.chmod(0o711)
+    server = embedded_db.EmbeddedServer(base / "pg")
+    info = server.start()
+    try:
+        extension_install.install_into_embedded(server, info.dsn)
+        with psycopg.connect(info.dsn, autocommit=True) as c:
+            c.execute("CREATE DATABASE bench")
+        dsn = embedded_db.dsn_for(info.socket_dir, info.port, "bench")
+        socket_path = base / "run" / "worker.sock"
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("CREATE EXTENSION qwen CASCADE")
+            c.execute(f"ALTER DATABASE bench SET qwen.worker_url = 'unix://{socket_path}'")
+        embed_path, _ = models_for(args.shape)
+        with cached_worker(socket_path, embed_path), psycopg.connect(dsn, autocommit=True) as conn:
+            def embed(text: str) -> object:  # autocommit: each call its own transaction, no memo
+                return conn.execute("SELECT qwen_embed(%s, 'memory')", (text,), prepare=True).fetchone()
+
+            embed("warm-up")
+            miss: list[float] = []
+            hit: list[float] = []
+            for i in range(args.repeat):
+                text = f"what did I say about topic number {i} last week"
+                miss += timed(lambda t=text: embed(t), 1)
+                hit += timed(lambda t=text: embed(t), 1)
+            print(f"qwen_embed ({args.shape} model): miss {ms(statistics.median(miss))}, "
+                  f"hit {ms(statistics.median(hit))} (medians of {args.repeat})")
+
+            rng = np.random.default_rng(0)
+            weights = 1 / np.arange(1, args.distinct + 1) ** 1.1
+            draws = rng.choice(args.distinct, size=args.stream, p=weights / weights.sum())
+            before = lookups(socket_path)
+            stream = timed(lambda: [embed(f"recurring question {q}") for q in draws], 1)[0]
+            after = lookups(socket_path)
+            hits, misses = after["hit"] - before["hit"], after["miss"] - before["miss"]
+            print(f"stream of {args.stream} queries over {args.distinct} distinct (Zipf 1.1): "
+                  f"{len(set(draws.tolist()))} distinct drawn, hit ratio {hits / (hits + misses):.2f}, "
+                  f"{args.stream / stream:.0f} qwen_embed/s")
+    finally:
+        server.stop(mode="immediate")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
