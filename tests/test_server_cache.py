@@ -12,19 +12,7 @@ import pytest
 from embedder_worker.server import CacheLimits, ServerHandle, start_server
 from embedder_worker.server.cache import EmbeddingCache
 from embedder_worker.server.metrics import ServerMetrics
-from tests.fixtures.worker import FakeEmbedder, socket_dir
-
-
-def _client(handle: ServerHandle) -> httpx.Client:
-    transport = httpx.HTTPTransport(uds=handle.url.removeprefix("unix://"))
-    return httpx.Client(transport=transport, base_url="http://w", timeout=30)
-
-
-def _metric(client: httpx.Client, name: str) -> float:
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith(name):
-            return float(line.split()[-1])
-    return 0.0
+from tests.fixtures.worker import FakeEmbedder, metric, server_client, socket_dir
 
 
 def _binary(client: httpx.Client, **body) -> bytes:
@@ -45,7 +33,7 @@ def cached(embedder) -> ServerHandle:
 
 
 def test_a_hit_returns_the_bytes_of_a_miss_without_a_forward_pass(cached, embedder):
-    with _client(cached) as client:
+    with server_client(cached) as client:
         for encoding in ("binary", "float", "base64"):
             miss = client.post("/v1/embeddings", json={"input": f"q {encoding}", "task": "memory",
                                                        "encoding_format": encoding})
@@ -53,14 +41,14 @@ def test_a_hit_returns_the_bytes_of_a_miss_without_a_forward_pass(cached, embedd
                                                       "encoding_format": encoding})
             assert hit.content == miss.content
         assert len(embedder.calls) == 3
-        assert _metric(client, 'qwen_server_cache_lookups_total{result="hit"}') == 3
-        assert _metric(client, 'qwen_server_cache_lookups_total{result="miss"}') == 3
-        assert _metric(client, "qwen_server_cache_entries") == 3
+        assert metric(client, 'qwen_server_cache_lookups_total{result="hit"}') == 3
+        assert metric(client, 'qwen_server_cache_lookups_total{result="miss"}') == 3
+        assert metric(client, "qwen_server_cache_entries") == 3
 
 
 def test_cached_and_uncached_servers_answer_the_same_bytes(cached):
     with start_server(f"unix://{socket_dir()}/plain.sock", FakeEmbedder()) as plain, \
-            _client(plain) as uncached_client, _client(cached) as client:
+            server_client(plain) as uncached_client, server_client(cached) as client:
         for body in ({"input": "x"}, {"input": "x", "task": "code"}, {"input": "x", "dimensions": 32}):
             expected = _binary(uncached_client, **body)
             assert _binary(client, **body) == expected  # miss
@@ -68,7 +56,7 @@ def test_cached_and_uncached_servers_answer_the_same_bytes(cached):
 
 
 def test_task_instruction_and_dimensions_are_part_of_the_key(cached, embedder):
-    with _client(cached) as client:
+    with server_client(cached) as client:
         variants = [{"input": "same"}, {"input": "same", "task": "memory"}, {"input": "same", "task": "code"},
                     {"input": "same", "instruction": "Find it"}, {"input": "same", "dimensions": 32}]
         answers = [_binary(client, **v) for v in variants]
@@ -79,7 +67,7 @@ def test_task_instruction_and_dimensions_are_part_of_the_key(cached, embedder):
 
 
 def test_only_the_missing_texts_of_a_request_reach_the_model(cached, embedder):
-    with _client(cached) as client:
+    with server_client(cached) as client:
         one = client.post("/v1/embeddings", json={"input": ["a"]}).json()["data"]
         both = client.post("/v1/embeddings", json={"input": ["b", "a"]}).json()["data"]
     assert embedder.calls == [["a"], ["b"]]
@@ -89,15 +77,15 @@ def test_only_the_missing_texts_of_a_request_reach_the_model(cached, embedder):
 
 def test_the_least_recently_used_entry_is_evicted_at_the_entry_bound(embedder):
     with start_server(f"unix://{socket_dir()}/w.sock", embedder, cache=CacheLimits(max_entries=2)) as handle, \
-            _client(handle) as client:
+            server_client(handle) as client:
         for text in ("a", "b", "a", "c"):  # "a" was used after "b": "b" goes
             _binary(client, input=text)
         assert embedder.calls == [["a"], ["b"], ["c"]]
         _binary(client, input="a")
         _binary(client, input="b")
         assert embedder.calls == [["a"], ["b"], ["c"], ["b"]]
-        assert _metric(client, "qwen_server_cache_entries") == 2
-        assert _metric(client, "qwen_server_cache_evictions_total") == 2
+        assert metric(client, "qwen_server_cache_entries") == 2
+        assert metric(client, "qwen_server_cache_evictions_total") == 2
 
 
 def test_the_byte_bound_holds_and_an_entry_larger_than_it_is_not_kept():

@@ -16,29 +16,8 @@ import httpx
 import psycopg
 import pytest
 
-from embedder_worker.server import RequestLimits, ServerHandle, start_server
-from tests.fixtures.worker import FakeEmbedder, FakeReranker, socket_dir
-
-
-def _client(handle: ServerHandle) -> httpx.Client:
-    transport = httpx.HTTPTransport(uds=handle.url.removeprefix("unix://"))
-    return httpx.Client(transport=transport, base_url="http://w", timeout=30)
-
-
-def _metric(client: httpx.Client, prefix: str) -> float:
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith(prefix):
-            return float(line.split()[-1])
-    return 0.0
-
-
-def _wait_for_metric(client: httpx.Client, prefix: str, value: float) -> None:
-    for _ in range(2000):
-        if _metric(client, prefix) >= value:
-            return
-        threading.Event().wait(0.005)
-    pytest.fail(f"{prefix} never reached {value}")
-
+from embedder_worker.server import RequestLimits, start_server
+from tests.fixtures.worker import FakeEmbedder, FakeReranker, metric, server_client, socket_dir, wait_for_metric
 
 QUEUED = 'qwen_server_queue_depth{kind="embedding"}'
 PENDING = "qwen_server_pending_requests"
@@ -64,11 +43,11 @@ def _raw_request(path: str, body: bytes) -> bytes:
 def test_a_full_backlog_answers_503_with_retry_after_and_serves_the_admitted(held):
     limits = RequestLimits(max_pending=2)
     with start_server(f"unix://{socket_dir()}/w.sock", held, request_limits=limits) as handle, \
-            _client(handle) as client, ThreadPoolExecutor(2) as pool:
+            server_client(handle) as client, ThreadPoolExecutor(2) as pool:
         first = pool.submit(client.post, "/v1/embeddings", json={"input": "first"})
         assert held.entered.wait(10)
         second = pool.submit(client.post, "/v1/embeddings", json={"input": "second"})
-        _wait_for_metric(client, QUEUED, 1)
+        wait_for_metric(client, QUEUED, 1)
 
         refused = client.post("/v1/embeddings", json={"input": "third"})
         assert refused.status_code == 503
@@ -80,14 +59,14 @@ def test_a_full_backlog_answers_503_with_retry_after_and_serves_the_admitted(hel
         held.gate.set()
         assert [first.result().status_code, second.result().status_code] == [200, 200]
         assert client.post("/v1/embeddings", json={"input": "after"}).status_code == 200
-        assert _metric(client, 'qwen_server_dropped_requests_total{reason="backlog_full"}') == 1
+        assert metric(client, 'qwen_server_dropped_requests_total{reason="backlog_full"}') == 1
     assert ["third"] not in held.calls
 
 
 def test_a_full_backlog_is_a_clear_sql_error_with_a_hint(held, db):
     limits = RequestLimits(max_pending=1)
     with start_server(f"unix://{socket_dir()}/w.sock", held, request_limits=limits) as handle, \
-            _client(handle) as client, ThreadPoolExecutor(1) as pool, psycopg.connect(db) as conn:
+            server_client(handle) as client, ThreadPoolExecutor(1) as pool, psycopg.connect(db) as conn:
         first = pool.submit(client.post, "/v1/embeddings", json={"input": "first"})
         assert held.entered.wait(10)
         conn.execute("SELECT set_config('qwen.worker_url', %s, false)", (handle.url,))
@@ -114,7 +93,7 @@ def test_a_request_past_its_deadline_gets_504_and_no_forward_pass(held):
     request, queued behind the held pass, passes it while waiting: 504, and it never reaches the
     model. How short the deadline is does not matter: the pass is held until the test releases it."""
     with start_server(f"unix://{socket_dir()}/w.sock", held, request_limits=RequestLimits(timeout=None)) as handle, \
-            _client(handle) as client, ThreadPoolExecutor(1) as pool:
+            server_client(handle) as client, ThreadPoolExecutor(1) as pool:
         first = pool.submit(client.post, "/v1/embeddings", json={"input": "first"})
         assert held.entered.wait(10)
         handle.app.request_limits = RequestLimits(timeout=0.05)
@@ -134,25 +113,25 @@ def test_a_request_past_its_deadline_gets_504_and_no_forward_pass(held):
 
 def test_a_closed_connection_costs_no_forward_pass(held):
     with start_server(f"unix://{socket_dir()}/w.sock", held) as handle, \
-            _client(handle) as client, ThreadPoolExecutor(1) as pool:
+            server_client(handle) as client, ThreadPoolExecutor(1) as pool:
         first = pool.submit(client.post, "/v1/embeddings", json={"input": "first"})
         assert held.entered.wait(10)
         with socket.socket(socket.AF_UNIX) as gone:
             gone.connect(handle.url.removeprefix("unix://"))
             gone.sendall(_raw_request("/v1/embeddings", b'{"input": "abandoned"}'))
-            _wait_for_metric(client, QUEUED, 1)
-        _wait_for_metric(client, GONE, 1)  # noticed while still queued
+            wait_for_metric(client, QUEUED, 1)
+        wait_for_metric(client, GONE, 1)  # noticed while still queued
         held.gate.set()
         assert first.result().status_code == 200
         assert client.post("/v1/embeddings", json={"input": "next"}).status_code == 200
-        assert _metric(client, PENDING) == 0
+        assert metric(client, PENDING) == 0
     assert held.calls == [["first"], ["next"]]
 
 
 def test_a_cancelled_qwen_embed_costs_no_forward_pass(held, db):
     """pg_cancel_backend aborts the C transport's transfer, which drops the connection: the worker
     withdraws the request before the next pass."""
-    with start_server(f"unix://{socket_dir()}/w.sock", held) as handle, _client(handle) as client, \
+    with start_server(f"unix://{socket_dir()}/w.sock", held) as handle, server_client(handle) as client, \
             ThreadPoolExecutor(2) as pool, psycopg.connect(db, autocommit=True) as admin:
         first = pool.submit(client.post, "/v1/embeddings", json={"input": "first"})
         assert held.entered.wait(10)
@@ -161,11 +140,11 @@ def test_a_cancelled_qwen_embed_costs_no_forward_pass(held, db):
         caller.execute("SELECT set_config('qwen.worker_url', %s, false)", (handle.url,))
         pid = caller.info.backend_pid
         cancelled = pool.submit(caller.execute, "SELECT qwen_embed('cancelled text')")
-        _wait_for_metric(client, QUEUED, 1)
+        wait_for_metric(client, QUEUED, 1)
         assert admin.execute("SELECT pg_cancel_backend(%s)", (pid,)).fetchone() == (True,)
         with pytest.raises(psycopg.errors.QueryCanceled):
             cancelled.result(30)
-        _wait_for_metric(client, GONE, 1)
+        wait_for_metric(client, GONE, 1)
         held.gate.set()
         assert first.result().status_code == 200
         caller.execute("SELECT qwen_embed('after the cancel')")
@@ -188,7 +167,7 @@ class HeldReranker(FakeReranker):
 def test_a_rerank_whose_caller_has_gone_is_never_scored():
     reranker = HeldReranker()
     with start_server(f"unix://{socket_dir()}/w.sock", FakeEmbedder(), reranker) as handle, \
-            _client(handle) as client, ThreadPoolExecutor(1) as pool:
+            server_client(handle) as client, ThreadPoolExecutor(1) as pool:
         try:
             first = pool.submit(client.post, "/v1/rerank", json={"query": "q", "documents": ["first"]})
             assert reranker.entered.wait(10)
@@ -196,8 +175,8 @@ def test_a_rerank_whose_caller_has_gone_is_never_scored():
                 gone.connect(handle.url.removeprefix("unix://"))
                 body = b'{"query": "q", "documents": ["abandoned"]}'
                 gone.sendall(_raw_request("/v1/rerank", body))
-                _wait_for_metric(client, 'qwen_server_queue_depth{kind="reranker"}', 2)
-            _wait_for_metric(client, GONE, 1)
+                wait_for_metric(client, 'qwen_server_queue_depth{kind="reranker"}', 2)
+            wait_for_metric(client, GONE, 1)
         finally:
             reranker.gate.set()
         assert first.result().status_code == 200
@@ -208,7 +187,7 @@ def test_a_rerank_whose_caller_has_gone_is_never_scored():
 
 
 def test_models_lists_the_embedder_and_the_reranker_openai_style(fake_server):
-    with _client(fake_server) as client:
+    with server_client(fake_server) as client:
         body = client.get("/v1/models").json()
     assert body["object"] == "list"
     assert [(m["id"], m["object"], m["owned_by"], m["kind"]) for m in body["data"]] == [

@@ -3,23 +3,20 @@ one-document form; no overload catches a client's untyped list."""
 
 from __future__ import annotations
 
-import httpx
 import numpy as np
 import psycopg
 import pytest
 
 from embedder_worker.model.qwen3 import TASK_PRESETS
+from tests.fixtures.worker import metric, server_client
 
 QUERY = "what colour is the sky"
 DOCS = ["apples are red", "the sky is blue", "bananas are yellow", "grass is green", "night sky is dark"]
 
 
 def _rerank_requests(worker) -> float:
-    transport = httpx.HTTPTransport(uds=worker.url.removeprefix("unix://"))
-    for line in httpx.Client(transport=transport).get("http://w/metrics").text.splitlines():
-        if line.startswith('qwen_server_requests_total{endpoint="/v1/rerank",status="200"}'):
-            return float(line.split()[-1])
-    return 0.0
+    with server_client(worker) as client:
+        return metric(client, 'qwen_server_requests_total{endpoint="/v1/rerank",status="200"}')
 
 
 def test_array_form_equals_the_model_layer_best_first_in_one_call(worker_db, tiny_worker, tiny_reranker):

@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pending", type=int, default=None,
                    help="with --listen: requests waiting or in a forward pass before new ones get 503 (default 1024)")
     p.add_argument("--request-timeout", type=float, default=None,
-                   help="with --listen: seconds a request may wait for its answer before a 504 (default 60)")
+                   help="with --listen: seconds a request may wait for its answer before a 504 (default 300)")
     p.add_argument("--cache-size", type=int, default=10_000,
                    help="with --listen: query embeddings kept for repeated texts, shared by all callers (0: no cache)")
     p.add_argument("--cache-bytes", type=int, default=64 * 2**20, help="with --listen: the cache's size bound in bytes")

@@ -37,7 +37,7 @@ class RequestLimits:
     """Bounds of the request server (flags `--max-pending`, `--request-timeout`)."""
 
     max_pending: int = 1024
-    timeout: float | None = 60.0  # None: no deadline
+    timeout: float | None = 300.0  # None: no deadline
 
     def __post_init__(self) -> None:
         if self.max_pending < 1:
