@@ -13,48 +13,13 @@ The worker runs in its own process with the default cache (`CacheLimits()`), as 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import multiprocessing
-import shutil
 import statistics
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
 import psycopg
-from bench_query import models_for, ms, timed
-
-from embedder_worker import embedded_db, extension_install
-from embedder_worker.model import load_embedder
-from embedder_worker.server import CacheLimits, start_server
-
-
-def _serve(listen: str, embed_path: str, ready: Any, stop: Any) -> None:
-    import torch
-
-    torch.set_num_threads(1)
-    embedder = load_embedder(embed_path, device="cpu", dtype="float32")
-    with start_server(listen, embedder, cache=CacheLimits()):
-        ready.set()
-        stop.wait()
-
-
-@contextlib.contextmanager
-def cached_worker(socket_path: Path, embed_path: Path) -> Iterator[None]:
-    ctx = multiprocessing.get_context("spawn")
-    ready, stop = ctx.Event(), ctx.Event()
-    process = ctx.Process(target=_serve, args=(f"unix://{socket_path}", str(embed_path), ready, stop))
-    process.start()
-    try:
-        if not ready.wait(600):
-            raise RuntimeError("the request server process did not start")
-        yield
-    finally:
-        stop.set()
-        process.join(60)
+from bench_query import bench_database, models_for, ms, timed, worker_process
 
 
 def lookups(socket_path: Path) -> dict[str, float]:
@@ -72,21 +37,10 @@ def main() -> None:
     parser.add_argument("--distinct", type=int, default=300, help="distinct queries the stream draws from")
     args = parser.parse_args()
 
-    base = Path(tempfile.mkdtemp(prefix="qwen-bench-"))
-    base.chmod(0o711)
-    server = embedded_db.EmbeddedServer(base / "pg")
-    info = server.start()
-    try:
-        extension_install.install_into_embedded(server, info.dsn)
-        with psycopg.connect(info.dsn, autocommit=True) as c:
-            c.execute("CREATE DATABASE bench")
-        dsn = embedded_db.dsn_for(info.socket_dir, info.port, "bench")
-        socket_path = base / "run" / "worker.sock"
-        with psycopg.connect(dsn, autocommit=True) as c:
-            c.execute("CREATE EXTENSION qwen CASCADE")
-            c.execute(f"ALTER DATABASE bench SET qwen.worker_url = 'unix://{socket_path}'")
+    with bench_database() as (dsn, socket_path):
         embed_path, _ = models_for(args.shape)
-        with cached_worker(socket_path, embed_path), psycopg.connect(dsn, autocommit=True) as conn:
+        with worker_process(socket_path, embed_path, None, cache=True), \
+                psycopg.connect(dsn, autocommit=True) as conn:
             def embed(text: str) -> object:  # autocommit: each call its own transaction, no memo
                 return conn.execute("SELECT qwen_embed(%s, 'memory')", (text,), prepare=True).fetchone()
 
@@ -110,9 +64,6 @@ def main() -> None:
             print(f"stream of {args.stream} queries over {args.distinct} distinct (Zipf 1.1): "
                   f"{len(set(draws.tolist()))} distinct drawn, hit ratio {hits / (hits + misses):.2f}, "
                   f"{args.stream / stream:.0f} qwen_embed/s")
-    finally:
-        server.stop(mode="immediate")
-        shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":
