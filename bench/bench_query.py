@@ -40,7 +40,7 @@ from embedder_worker.model import load_embedder, load_reranker
 from embedder_worker.model.backend import EmbedResult, ModelInfo
 from embedder_worker.model.qwen3 import TASK_PRESETS
 from embedder_worker.model.tiny import TinyShape, cached_tiny_models, make_tiny_models
-from embedder_worker.server import BatchLimits, start_server
+from embedder_worker.server import BatchLimits, CacheLimits, start_server
 from qwen_pg import embedded, extension_install
 
 SHAPES = {
@@ -163,7 +163,7 @@ def bench_transport(dsn: str, repeat: int) -> dict[str, float]:
             "overhead": statistics.median(embed) - statistics.median(local)}
 
 
-def _serve(listen: str, embed_path: str, rerank_path: str | None, batching: bool, threads: int,
+def _serve(listen: str, embed_path: str, rerank_path: str | None, batching: bool, threads: int, cache: bool,
            ready: Any, stop: Any) -> None:
     """The worker side, in its own process (as `qwen-pg worker --listen` runs): its GIL is not shared
     with the benchmark's client threads."""
@@ -172,19 +172,20 @@ def _serve(listen: str, embed_path: str, rerank_path: str | None, batching: bool
     torch.set_num_threads(threads)
     embedder = NullEmbedder() if embed_path == "null" else load_embedder(embed_path, device="cpu", dtype="float32")
     reranker = load_reranker(rerank_path, device="cpu", dtype="float32") if rerank_path else None
-    with start_server(listen, embedder, reranker, limits=BatchLimits(enabled=batching)):
+    with start_server(listen, embedder, reranker, limits=BatchLimits(enabled=batching),
+                      cache=CacheLimits() if cache else None):
         ready.set()
         stop.wait()
 
 
 @contextlib.contextmanager
 def worker_process(socket_path: Path, embed_path: Path | str, rerank_path: Path | None, *, batching: bool = True,
-                   threads: int = 1) -> Iterator[None]:
+                   threads: int = 1, cache: bool = False) -> Iterator[None]:
     ctx = multiprocessing.get_context("spawn")
     ready, stop = ctx.Event(), ctx.Event()
     process = ctx.Process(target=_serve, args=(f"unix://{socket_path}", str(embed_path),
                                                str(rerank_path) if rerank_path else None, batching, threads,
-                                               ready, stop))
+                                               cache, ready, stop))
     process.start()
     try:
         if not ready.wait(600):
@@ -202,23 +203,15 @@ def bench_rerank(dsn: str, repeat: int) -> dict[str, float]:
         conn.execute("SELECT count(*) FROM qwen_rerank(%s, %s::text[])", (query, docs)).fetchone()
         one = timed(lambda: conn.execute("SELECT count(*) FROM qwen_rerank(%s, %s::text[])",
                                          (query, docs)).fetchone(), repeat)
-        scalar = timed(lambda: conn.execute("SELECT max(qwen_rerank(%s, d)) FROM unnest(%s::text[]) AS d",
+        scalar = timed(lambda: conn.execute("SELECT max(qwen_rerank_score(%s, d)) FROM unnest(%s::text[]) AS d",
                                             (query, docs)).fetchone(), repeat)
     return {"one_call": statistics.median(one), "scalar_calls": statistics.median(scalar)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="mid", help="model size for throughput/rerank")
-    parser.add_argument("--clients", type=int, default=64)
-    parser.add_argument("--per-client", type=int, default=4, help="qwen_embed calls per client")
-    parser.add_argument("--repeat", type=int, default=200, help="samples for the overhead median")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    args = parser.parse_args()
-
-    import torch
-
-    torch.set_num_threads(args.threads)
+@contextlib.contextmanager
+def bench_database() -> Iterator[tuple[str, Path]]:
+    """An embedded PostgreSQL with a `bench` database where qwen is installed and `qwen.worker_url` points
+    at the socket the yielded path names (where `worker_process` listens): (dsn, socket path)."""
     base = Path(tempfile.mkdtemp(prefix="qwen-bench-"))
     base.chmod(0o711)
     server = embedded.EmbeddedServer(base / "pg")
@@ -233,7 +226,25 @@ def main() -> None:
             c.execute("CREATE EXTENSION qwen CASCADE")
             c.execute(f"ALTER DATABASE bench SET qwen.worker_url = 'unix://{socket_path}'")
             c.execute("ALTER DATABASE bench SET max_parallel_workers_per_gather = 0")
+        yield dsn, socket_path
+    finally:
+        server.stop(mode="immediate")
+        shutil.rmtree(base, ignore_errors=True)
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="mid", help="model size for throughput/rerank")
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--per-client", type=int, default=4, help="qwen_embed calls per client")
+    parser.add_argument("--repeat", type=int, default=200, help="samples for the overhead median")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    with bench_database() as (dsn, socket_path):
         print(f"torch threads: {args.threads}; cores: {os.cpu_count()}; clients: {args.clients}")
         tiny_embed, _ = models_for("tiny")
         embedder = load_embedder(str(tiny_embed), device="cpu", dtype="float32")
@@ -260,9 +271,6 @@ def main() -> None:
             r = bench_rerank(dsn, max(3, args.repeat // 40))
         print(f"qwen_rerank of 100 candidates ({args.shape} model): one call {ms(r['one_call'])}, "
               f"100 scalar calls {ms(r['scalar_calls'])} ({r['scalar_calls'] / r['one_call']:.1f}x)")
-    finally:
-        server.stop(mode="immediate")
-        shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":

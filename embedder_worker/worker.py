@@ -9,10 +9,14 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .queue import Consumer, ConsumerOptions
 from .schema_wait import wait_for_schema
+
+if TYPE_CHECKING:
+    from .server.cache import CacheLimits
+    from .server.limits import RequestLimits
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +31,8 @@ class WorkerConfig:
     listen: str | None = None
     token: str | None = None
     reranker_model: str | None = None
+    request_limits: RequestLimits | None = None  # the request server's backlog and deadline (None: defaults)
+    cache: CacheLimits | None = None  # the request server's query-embedding cache (None: no cache)
 
 
 def run_worker(config: WorkerConfig) -> int:
@@ -49,7 +55,8 @@ def run_worker(config: WorkerConfig) -> int:
     if config.listen:
         from .server import start_server
 
-        server = start_server(config.listen, embedder, reranker, config.token)
+        server = start_server(config.listen, embedder, reranker, config.token,
+                              request_limits=config.request_limits, cache=config.cache)
         log.info("request server listening on %s", server.url)
 
     _on_signals(consumer.stop)

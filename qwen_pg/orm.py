@@ -197,8 +197,8 @@ def qwen_rerank(query: str, documents: Sequence[str], instruction: str | None = 
 
 def qwen_rerank_score(query: str | ColumnElement[Any], document: str | ColumnElement[Any],
                       instruction: str | None = None) -> Function[Any]:
-    """The scalar `qwen_rerank(query, document)` (a relevance score in [0, 1])."""
-    return func.qwen_rerank(query, document, literal(instruction, String()), type_=Float())
+    """The scalar `qwen_rerank_score(query, document)` (a relevance score in [0, 1])."""
+    return func.qwen_rerank_score(query, document, literal(instruction, String()), type_=Float())
 
 
 class RegClass(UserDefinedType):

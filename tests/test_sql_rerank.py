@@ -1,24 +1,22 @@
-"""qwen_rerank: the reranker's scores and order in SQL, in one worker call; the scalar form."""
+"""qwen_rerank: the reranker's scores and order in SQL, in one worker call; qwen_rerank_score, the
+one-document form; no overload catches a client's untyped list."""
 
 from __future__ import annotations
 
-import httpx
 import numpy as np
 import psycopg
 import pytest
 
 from embedder_worker.model.qwen3 import TASK_PRESETS
+from tests.fixtures.worker import metric, server_client
 
 QUERY = "what colour is the sky"
 DOCS = ["apples are red", "the sky is blue", "bananas are yellow", "grass is green", "night sky is dark"]
 
 
 def _rerank_requests(worker) -> float:
-    transport = httpx.HTTPTransport(uds=worker.url.removeprefix("unix://"))
-    for line in httpx.Client(transport=transport).get("http://w/metrics").text.splitlines():
-        if line.startswith('qwen_server_requests_total{endpoint="/v1/rerank",status="200"}'):
-            return float(line.split()[-1])
-    return 0.0
+    with server_client(worker) as client:
+        return metric(client, 'qwen_server_requests_total{endpoint="/v1/rerank",status="200"}')
 
 
 def test_array_form_equals_the_model_layer_best_first_in_one_call(worker_db, tiny_worker, tiny_reranker):
@@ -39,11 +37,40 @@ def test_top_n_keeps_the_best(worker_db, tiny_reranker):
     assert [r[0] for r in rows] == best_two
 
 
-def test_scalar_form_equals_the_array_form(worker_db, tiny_reranker):
+def test_a_python_list_without_a_cast_reaches_the_array_form(worker_db, tiny_reranker):
+    """psycopg sends a list of str as an untyped array literal; it must be scored document by document
+    (0.1.0 resolved it to the one-document overload and scored the literal '{…}' as one text)."""
+    expected = tiny_reranker.rerank(QUERY, DOCS).scores
+    with psycopg.connect(worker_db) as c:
+        rows = c.execute("SELECT * FROM qwen_rerank(%s, %s)", (QUERY, DOCS)).fetchall()
+        assert c.execute("SELECT count(*) FROM pg_proc WHERE proname = 'qwen_rerank'").fetchone()[0] == 1
+    assert sorted(i for i, _ in rows) == list(range(1, len(DOCS) + 1))
+    np.testing.assert_allclose([s for _, s in rows], [expected[i - 1] for i, _ in rows], atol=1e-6)
+
+
+def test_a_list_through_sqlalchemy_text_reaches_the_array_form(worker_db, tiny_reranker):
+    from sqlalchemy import create_engine, text
+
+    from qwen_pg.orm import sqlalchemy_url
+
+    expected = tiny_reranker.rerank(QUERY, DOCS).scores
+    engine = create_engine(sqlalchemy_url(worker_db))
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT index, score FROM qwen_rerank(:q, :docs)"),
+                                {"q": QUERY, "docs": DOCS}).all()
+    finally:
+        engine.dispose()
+    assert len(rows) == len(DOCS)
+    np.testing.assert_allclose([s for _, s in rows], [expected[i - 1] for i, _ in rows], atol=1e-6)
+
+
+def test_score_form_equals_the_array_form(worker_db, tiny_reranker):
     expected = tiny_reranker.rerank(QUERY, ["the sky is blue"]).scores[0]
     with psycopg.connect(worker_db) as c:
-        score = c.execute("SELECT qwen_rerank(%s, 'the sky is blue')", (QUERY,)).fetchone()[0]
-        instructed = c.execute("SELECT qwen_rerank(%s, 'the sky is blue', 'Judge colours')", (QUERY,)).fetchone()[0]
+        score = c.execute("SELECT qwen_rerank_score(%s, 'the sky is blue')", (QUERY,)).fetchone()[0]
+        instructed = c.execute("SELECT qwen_rerank_score(%s, 'the sky is blue', 'Judge colours')",
+                               (QUERY,)).fetchone()[0]
     assert score == pytest.approx(float(expected), abs=1e-6)
     assert instructed == pytest.approx(
         float(tiny_reranker.rerank(QUERY, ["the sky is blue"], instruction="Judge colours").scores[0]), abs=1e-6)
@@ -67,9 +94,9 @@ def test_null_or_empty_input_gives_no_rows(worker_db, call):
         assert c.execute(call).fetchone()[0] == 0
 
 
-def test_scalar_form_of_null_is_null(worker_db):
+def test_score_form_of_null_is_null(worker_db):
     with psycopg.connect(worker_db) as c:
-        assert c.execute("SELECT qwen_rerank('q', NULL::text)").fetchone()[0] is None
+        assert c.execute("SELECT qwen_rerank_score('q', NULL)").fetchone()[0] is None
 
 
 def test_top_n_below_one_is_an_error(worker_db):

@@ -2,7 +2,9 @@
 float32 -> pgvector conversion (qwen._vector_from_float32 / qwen._vectors_from_float32).
 
 A small stand-in worker (http.server) listens on TCP or on a unix socket; the PostgreSQL backend
-talks to it through libcurl exactly as it talks to the real worker.
+talks to it through libcurl exactly as it talks to the real worker. The transport only requests the
+endpoints the SQL functions use, so the stand-in's behaviour for the next requests is scripted
+(`worker.script`) rather than chosen by path.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import socket
 import socketserver
 import tempfile
 import threading
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,10 +42,12 @@ class SeenRequest:
 
 @dataclass
 class StandInWorker:
-    """What the stand-in worker saw, and the switches of its /hang route."""
+    """What the stand-in worker saw; `script`: how it answers the next requests (then: echo the body);
+    the switches of its "hang" behaviour."""
 
     url: str = ""
     requests: list[SeenRequest] = field(default_factory=list)
+    script: deque[str] = field(default_factory=deque)
     hang_arrived: threading.Event = field(default_factory=threading.Event)
     release_hang: threading.Event = field(default_factory=threading.Event)
 
@@ -75,7 +80,7 @@ class StandInHandler(BaseHTTPRequestHandler):
         self.worker.requests.append(
             SeenRequest(self.command, self.path, dict(self.headers.items()), body, id(self.connection))
         )
-        route = self.path.split("?")[0].rsplit("/", 1)[-1]
+        route = self.worker.script.popleft() if self.worker.script else "echo"
         if route == "hang":
             self.worker.hang_arrived.set()
             self.worker.release_hang.wait(60)
@@ -86,6 +91,9 @@ class StandInHandler(BaseHTTPRequestHandler):
             # FastAPI style: the validation list echoes the request body in "input".
             detail = [{"loc": ["body", "input"], "msg": "Field required", "input": body.decode()}]
             self._reply(422, json.dumps({"detail": detail}).encode(), "application/json")
+        elif route.startswith("status-"):
+            status = int(route.removeprefix("status-"))
+            self._reply(status, json.dumps({"error": {"message": f"status {status}"}}).encode(), "application/json")
         elif route == "error-text":
             self._reply(500, b"worker exploded\n" + b"x" * 5000, "text/plain")
         else:
@@ -174,41 +182,41 @@ def test_post_delivers_body_and_content_type_and_returns_the_reply(conn, worker)
     use_worker(conn, worker.url)
     body = bytes(range(256)) * 64  # every byte value, NUL included
 
-    assert post(conn, "/v1/echo", body, "application/octet-stream") == body
+    assert post(conn, "/v1/embeddings", body, "application/octet-stream") == body
 
     seen = worker.requests[-1]
-    assert (seen.method, seen.path, seen.body) == ("POST", "/v1/echo", body)
+    assert (seen.method, seen.path, seen.body) == ("POST", "/v1/embeddings", body)
     assert seen.headers["Content-Type"] == "application/octet-stream"
 
 
 def test_post_with_an_empty_body(conn, worker):
     use_worker(conn, worker.url)
-    assert post(conn, "/v1/echo", b"") == b""
+    assert post(conn, "/v1/embeddings", b"") == b""
     assert worker.requests[-1].method == "POST"
 
 
 def test_bearer_token_is_sent_only_when_set(conn, worker):
     use_worker(conn, worker.url)
-    post(conn, "/v1/echo", b"{}")
+    post(conn, "/v1/embeddings", b"{}")
     assert "Authorization" not in worker.requests[-1].headers
 
     use_worker(conn, worker.url, token=TOKEN)
-    post(conn, "/v1/echo", b"{}")
+    post(conn, "/v1/embeddings", b"{}")
     assert worker.requests[-1].headers["Authorization"] == f"Bearer {TOKEN}"
 
 
 def test_get_goes_below_the_url_prefix(conn, tcp_worker):
     use_worker(conn, tcp_worker.url + "/prefix/")
-    reply = conn.execute("SELECT qwen._worker_get('/health?verbose=1')").fetchone()[0]
+    reply = conn.execute("SELECT qwen._worker_get('/health')").fetchone()[0]
     assert reply == b""
     seen = tcp_worker.requests[-1]
-    assert (seen.method, seen.path) == ("GET", "/prefix/health?verbose=1")
+    assert (seen.method, seen.path) == ("GET", "/prefix/health")
 
 
 def test_consecutive_calls_reuse_one_connection(conn, worker):
     use_worker(conn, worker.url)
     for _ in range(3):
-        post(conn, "/v1/echo", b"{}")
+        post(conn, "/v1/embeddings", b"{}")
     assert len({seen.connection for seen in worker.requests}) == 1
 
 
@@ -219,12 +227,13 @@ def test_consecutive_calls_reuse_one_connection(conn, worker):
 def test_unanswered_request_ends_with_an_error_at_request_timeout(conn, tcp_worker):
     use_worker(conn, tcp_worker.url, token=TOKEN)
     conn.execute("SET qwen.request_timeout = '300ms'")
+    tcp_worker.script.append("hang")
     with pytest.raises(psycopg.errors.ConnectionFailure) as caught:
-        post(conn, "/hang", SECRET_TEXT.encode())
+        post(conn, "/v1/embeddings", SECRET_TEXT.encode())
     assert "did not answer within qwen.request_timeout (300 ms)" in str(caught.value)
     assert TOKEN not in everything_said(caught.value)
     assert SECRET_TEXT not in everything_said(caught.value)
-    assert post(conn, "/v1/echo", b"after") == b"after"  # the connection's transport still works
+    assert post(conn, "/v1/embeddings", b"after") == b"after"  # the connection's transport still works
 
 
 def _call_in_thread(dsn: str, url: str, statement: str) -> tuple[threading.Thread, dict]:
@@ -241,7 +250,7 @@ def _call_in_thread(dsn: str, url: str, statement: str) -> tuple[threading.Threa
             except psycopg.Error as exc:
                 outcome["error"] = exc
             if not conn.closed:
-                outcome["after"] = post(conn, "/v1/echo", b"after")
+                outcome["after"] = post(conn, "/v1/embeddings", b"after")
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -251,7 +260,8 @@ def _call_in_thread(dsn: str, url: str, statement: str) -> tuple[threading.Threa
 
 @pytest.mark.timeout(30)
 def test_pg_cancel_backend_stops_a_waiting_request(db, conn, worker):
-    thread, outcome = _call_in_thread(db, worker.url, "SELECT qwen._worker_get('/hang')")
+    worker.script.append("hang")
+    thread, outcome = _call_in_thread(db, worker.url, "SELECT qwen._worker_get('/health')")
     assert worker.hang_arrived.wait(10), "the request never reached the worker"
 
     assert conn.execute("SELECT pg_cancel_backend(%s)", [outcome["pid"]]).fetchone() == (True,)
@@ -264,7 +274,8 @@ def test_pg_cancel_backend_stops_a_waiting_request(db, conn, worker):
 
 @pytest.mark.timeout(30)
 def test_pg_terminate_backend_ends_a_waiting_request(db, conn, tcp_worker):
-    thread, outcome = _call_in_thread(db, tcp_worker.url, "SELECT qwen._worker_get('/hang')")
+    tcp_worker.script.append("hang")
+    thread, outcome = _call_in_thread(db, tcp_worker.url, "SELECT qwen._worker_get('/health')")
     assert tcp_worker.hang_arrived.wait(10), "the request never reached the worker"
 
     assert conn.execute("SELECT pg_terminate_backend(%s)", [outcome["pid"]]).fetchone() == (True,)
@@ -276,8 +287,9 @@ def test_pg_terminate_backend_ends_a_waiting_request(db, conn, tcp_worker):
 
 @pytest.mark.timeout(30)
 def test_statement_timeout_stops_a_waiting_request(db, tcp_worker):
+    tcp_worker.script.append("hang")
     thread, outcome = _call_in_thread(
-        db, tcp_worker.url, "SET statement_timeout = '300ms'; SELECT qwen._worker_get('/hang')"
+        db, tcp_worker.url, "SET statement_timeout = '300ms'; SELECT qwen._worker_get('/health')"
     )
     thread.join(20)
     assert not thread.is_alive()
@@ -334,8 +346,9 @@ def test_socket_the_server_may_not_open_is_explained(conn):
 def test_http_error_quotes_the_worker_message_but_not_the_request(conn, worker):
     use_worker(conn, worker.url, token=TOKEN)
     body = json.dumps({"input": SECRET_TEXT}).encode()
+    worker.script.append("error-json")
     with pytest.raises(psycopg.errors.InvalidParameterValue) as caught:
-        post(conn, "/v1/error-json", body)
+        post(conn, "/v1/embeddings", body)
     assert caught.value.diag.message_primary == f"qwen worker returned HTTP 400: {VALIDATION_MESSAGE}"
     assert SECRET_TEXT not in everything_said(caught.value)
     assert TOKEN not in everything_said(caught.value)
@@ -343,16 +356,18 @@ def test_http_error_quotes_the_worker_message_but_not_the_request(conn, worker):
 
 def test_validation_error_quotes_its_msg_not_the_echoed_input(conn, tcp_worker):
     use_worker(conn, tcp_worker.url)
+    tcp_worker.script.append("error-detail")
     with pytest.raises(psycopg.errors.InvalidParameterValue) as caught:
-        post(conn, "/v1/error-detail", json.dumps({"input": SECRET_TEXT}).encode())
+        post(conn, "/v1/embeddings", json.dumps({"input": SECRET_TEXT}).encode())
     assert caught.value.diag.message_primary == "qwen worker returned HTTP 422: Field required"
     assert SECRET_TEXT not in everything_said(caught.value)
 
 
 def test_error_that_is_not_json_is_quoted_shortened(conn, tcp_worker):
     use_worker(conn, tcp_worker.url)
+    tcp_worker.script.append("error-text")
     with pytest.raises(psycopg.errors.ExternalRoutineException) as caught:
-        conn.execute("SELECT qwen._worker_get('/error-text')")
+        conn.execute("SELECT qwen._worker_get('/health')")
     message = caught.value.diag.message_primary
     assert message.startswith("qwen worker returned HTTP 500: worker exploded xxx")
     assert message.endswith("...")
@@ -373,19 +388,82 @@ def test_worker_url_of_another_form_is_rejected_with_a_hint(conn, url):
     assert "unix:///" in caught.value.diag.message_hint
 
 
-def test_request_path_must_be_absolute(conn, tcp_worker):
-    use_worker(conn, tcp_worker.url)
-    with pytest.raises(psycopg.errors.InvalidParameterValue, match="must start with"):
-        conn.execute("SELECT qwen._worker_get('health')")
-    with pytest.raises(psycopg.errors.InvalidParameterValue, match="control characters"):
-        conn.execute("SELECT qwen._worker_get(E'/health\\r\\nX-Injected: 1')")
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/metrics"),
+    ("GET", "health"),
+    ("GET", "/health/"),
+    ("GET", "/health?verbose=1"),
+    ("GET", "/health#top"),
+    ("GET", "/v1/../metrics"),
+    ("GET", "/v1/%6Dodels"),
+    ("GET", "/health\r\nX-Injected: 1"),
+    ("GET", "/v1/embeddings"),   # a POST endpoint
+    ("POST", "/health"),         # a GET endpoint
+    ("POST", "/v1/embeddings/../rerank"),
+    ("POST", "/v1/rerank?x=1"),
+    ("POST", "//evil.example/v1/embeddings"),
+    ("POST", "/admin/shutdown"),
+])
+def test_only_the_endpoints_the_sql_functions_use_are_requested(conn, tcp_worker, method, path):
+    """The token (and query text) never reach any other path: refused before anything is sent."""
+    use_worker(conn, tcp_worker.url, token=TOKEN)
+    statement = ("SELECT qwen._worker_get(%s)", [path]) if method == "GET" else \
+        ("SELECT qwen._worker_request(%s, %s)", [path, b"{}"])
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as caught:
+        conn.execute(*statement)
+    assert "is not an endpoint the extension uses" in caught.value.diag.message_primary
+    assert "/v1/embeddings" in caught.value.diag.message_hint
     assert tcp_worker.requests == []
+
+
+def test_every_endpoint_the_sql_functions_use_is_allowed(conn, tcp_worker):
+    use_worker(conn, tcp_worker.url, token=TOKEN)
+    for path in ("/v1/embeddings", "/v1/rerank"):
+        post(conn, path, b"{}")
+    for path in ("/health", "/v1/models"):
+        conn.execute("SELECT qwen._worker_get(%s)", [path])
+    assert [(r.method, r.path) for r in tcp_worker.requests] == [
+        ("POST", "/v1/embeddings"), ("POST", "/v1/rerank"), ("GET", "/health"), ("GET", "/v1/models")]
+
+
+@pytest.mark.parametrize(("status", "hint"), [
+    (401, "ALTER SYSTEM"), (503, "--max-pending"), (504, "--request-timeout")])
+def test_http_errors_that_need_an_action_say_which(conn, tcp_worker, status, hint):
+    use_worker(conn, tcp_worker.url)
+    tcp_worker.script.append(f"status-{status}")
+    with pytest.raises(psycopg.Error) as caught:
+        post(conn, "/v1/embeddings", b"{}")
+    assert caught.value.diag.message_primary.startswith(f"qwen worker returned HTTP {status}: ")
+    assert hint in caught.value.diag.message_hint
+    assert "ALTER DATABASE" not in caught.value.diag.message_hint
+
+
+def test_a_socket_in_a_directory_anyone_can_write_gets_nothing(conn):
+    directory = reachable_socket_dir()
+    os.chmod(directory, 0o777)  # not sticky: anyone could replace the socket
+    path = os.path.join(directory, "worker.sock")
+    worker = StandInWorker(url=f"unix://{path}")
+    server = UnixHTTPServer(path, _handler_for(worker))
+    os.chmod(path, 0o777)
+    _serve(server)
+    try:
+        use_worker(conn, worker.url, token=TOKEN)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as caught:
+            post(conn, "/v1/embeddings", b"{}")
+        assert "any user can write" in caught.value.diag.message_primary
+        assert "--listen unix:///run/qwen/worker.sock" in caught.value.diag.message_hint
+        assert worker.requests == []
+        os.chmod(directory, 0o1777)  # sticky (as /tmp): only the socket's owner may replace it
+        assert post(conn, "/v1/embeddings", b"{}") == b"{}"
+    finally:
+        _stop(server, worker)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_content_type_cannot_smuggle_headers(conn, tcp_worker):
     use_worker(conn, tcp_worker.url)
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="control character"):
-        post(conn, "/v1/echo", b"{}", "text/plain\r\nX-Injected: 1")
+        post(conn, "/v1/embeddings", b"{}", "text/plain\r\nX-Injected: 1")
     assert tcp_worker.requests == []
 
 

@@ -22,13 +22,15 @@ import uvicorn
 
 from .app import ServerApp
 from .batcher import BatchLimits
+from .cache import CacheLimits
+from .limits import RequestLimits
 from .listen import bind_tcp, bind_unix, parse_listen
 from .metrics import ServerMetrics
 
 if TYPE_CHECKING:
     from embedder_worker.model.backend import EmbeddingBackend, RerankerBackend
 
-__all__ = ["BatchLimits", "ServerHandle", "start_server"]
+__all__ = ["BatchLimits", "CacheLimits", "RequestLimits", "ServerHandle", "start_server"]
 
 
 @dataclass
@@ -37,6 +39,7 @@ class ServerHandle:
 
     url: str
     metrics: ServerMetrics
+    app: ServerApp = field(repr=False)
     _server: uvicorn.Server = field(repr=False)
     _thread: threading.Thread = field(repr=False)
     _socket_path: Path | None = field(default=None, repr=False)
@@ -61,6 +64,8 @@ def start_server(
     token: str | None = None,
     *,
     limits: BatchLimits | None = None,
+    request_limits: RequestLimits | None = None,
+    cache: CacheLimits | None = None,
     socket_user: str | None = None,
     socket_group: str | int | None = None,
     log_level: str = "warning",
@@ -71,6 +76,8 @@ def start_server(
     `listen`: `unix:///abs/path.sock` (mode 0660, owned by `socket_user`/`socket_group`, see `listen.py`) or
     `http://host:port` (port 0 picks a free port; a token is required over TCP).
     `limits`: micro-batching bounds (`BatchLimits(enabled=False)` turns merging off).
+    `request_limits`: the backlog bound (503 past it) and the per-request deadline (504), see `limits.py`.
+    `cache`: bounds of the shared query-embedding cache (`cache.py`); None: no cache.
     """
     address = parse_listen(listen)
     if address.scheme == "http" and not token:
@@ -85,7 +92,7 @@ def start_server(
         host = f"[{address.host}]" if ":" in address.host else address.host
         url = f"http://{host}:{sock.getsockname()[1]}"
 
-    routes = ServerApp(embedder, reranker, token=token, limits=limits)
+    routes = ServerApp(embedder, reranker, token=token, limits=limits, request_limits=request_limits, cache=cache)
     config = uvicorn.Config(routes.app, log_level=log_level, access_log=False, lifespan="on",
                             http="auto", loop="asyncio", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
@@ -99,4 +106,4 @@ def start_server(
             sock.close()
             raise RuntimeError(f"the request server did not start on {url}")
         time.sleep(0.01)
-    return ServerHandle(url, routes.metrics, server, thread, address.path)
+    return ServerHandle(url, routes.metrics, routes, server, thread, address.path)

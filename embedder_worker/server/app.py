@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hmac
 import json
 import time
@@ -22,6 +23,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .batcher import BatchLimits, EmbeddingBatcher, estimate_tokens
+from .cache import CacheLimits, EmbeddingCache
+from .limits import Backlog, CallerGone, RequestLimits, SerialPasses, answer_while_connected
 from .metrics import CONTENT_TYPE_LATEST, ServerMetrics
 from .schemas import RequestError, parse_embedding_request, parse_rerank_request
 
@@ -34,9 +37,15 @@ Handler = Callable[[Request], Awaitable[Response]]
 MAX_BODY_BYTES = 64 * 2**20
 
 
-def error_response(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
+def error_response(status: int, message: str, kind: str = "invalid_request_error",
+                   headers: dict[str, str] | None = None) -> JSONResponse:
     """OpenAI's error shape; the C transport shows `error.message` in the SQL error."""
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status,
+                        headers=headers)
+
+
+#: status recorded in the metrics for a caller that disconnected before its answer (nginx's convention)
+CLIENT_CLOSED_REQUEST = 499
 
 
 def _check_model(requested: str | None, info: ModelInfo) -> None:
@@ -83,17 +92,25 @@ class ServerApp:
         *,
         token: str | None = None,
         limits: BatchLimits | None = None,
+        request_limits: RequestLimits | None = None,
+        cache: CacheLimits | None = None,
         metrics: ServerMetrics | None = None,
     ) -> None:
         self.embedder = embedder
         self.reranker = reranker
         self.metrics = metrics or ServerMetrics()
-        self.batcher = EmbeddingBatcher(embedder, limits or BatchLimits(), self.metrics)
+        self.cache = EmbeddingCache(embedder.info.name, cache, self.metrics) if cache else None
+        self.batcher = EmbeddingBatcher(embedder, limits or BatchLimits(), self.metrics, self.cache)
+        self.request_limits = request_limits or RequestLimits()
+        self.backlog = Backlog(self.request_limits, self.metrics)
+        self.rerank_passes = SerialPasses("qwen-rerank")
+        self.started = int(time.time())
         self._expected_auth = f"Bearer {token}".encode() if token else None
         self.app = Starlette(
             routes=[
                 Route("/v1/embeddings", self._measured("/v1/embeddings", self.embeddings), methods=["POST"]),
                 Route("/v1/rerank", self._measured("/v1/rerank", self.rerank), methods=["POST"]),
+                Route("/v1/models", self._measured("/v1/models", self.models), methods=["GET"]),
                 Route("/health", self._measured("/health", self.health, public=True), methods=["GET"]),
                 Route("/metrics", self._measured("/metrics", self.metrics_endpoint), methods=["GET"]),
             ],
@@ -107,6 +124,7 @@ class ServerApp:
             yield
         finally:
             await self.batcher.stop()
+            self.rerank_passes.close()
 
     def _authorized(self, request: Request) -> bool:
         if self._expected_auth is None:
@@ -125,7 +143,9 @@ class ServerApp:
                 else:
                     response = await handler(request)
             except RequestError as exc:
-                response = error_response(exc.status, exc.message, exc.kind)
+                response = error_response(exc.status, exc.message, exc.kind, exc.headers)
+            except CallerGone:  # nobody reads this answer
+                response = Response(status_code=CLIENT_CLOSED_REQUEST)
             except ValueError as exc:  # backends reject bad options (e.g. dimensions) with ValueError
                 response = error_response(400, str(exc))
             except asyncio.CancelledError:
@@ -145,10 +165,18 @@ class ServerApp:
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise RequestError(400, "the request body is not valid JSON") from None
 
+    async def _answer(self, request: Request, work: Any) -> Any:
+        """`work` (a coroutine), withdrawn when the caller leaves or the deadline passes."""
+        return await answer_while_connected(request, work, self.request_limits, self.metrics)
+
     async def embeddings(self, request: Request) -> Response:
+        with self.backlog.admit():
+            return await self._embeddings(request)
+
+    async def _embeddings(self, request: Request) -> Response:
         req = parse_embedding_request(await self._json_body(request))
         _check_model(req.model, self.embedder.info)
-        result = await self.batcher.embed(req.texts, req.instruction, req.dimensions)
+        result = await self._answer(request, self.batcher.embed(req.texts, req.instruction, req.dimensions))
         vectors = result.vectors
         if req.encoding == "binary":
             rows, dims = vectors.shape
@@ -170,16 +198,20 @@ class ServerApp:
     async def rerank(self, request: Request) -> Response:
         if self.reranker is None:
             raise RequestError(404, "this worker has no reranker (start it with --reranker-model)", "not_found")
+        with self.backlog.admit():
+            return await self._rerank(request, self.reranker)
+
+    async def _rerank(self, request: Request, reranker: RerankerBackend) -> Response:
         req = parse_rerank_request(await self._json_body(request))
-        _check_model(req.model, self.reranker.info)
+        _check_model(req.model, reranker.info)
         results: list[dict[str, Any]] = []
         truncated = 0
         if req.documents:
             self.metrics.queue_depth.labels("reranker").inc()
             started = time.perf_counter()
             try:
-                scored = await asyncio.to_thread(
-                    self.reranker.rerank, req.query, req.documents, instruction=req.instruction)
+                scored = await self._answer(request, self.rerank_passes.run(functools.partial(
+                    reranker.rerank, req.query, req.documents, instruction=req.instruction)))
             finally:
                 self.metrics.queue_depth.labels("reranker").dec()
             self.metrics.forward_latency.labels("reranker").observe(time.perf_counter() - started)
@@ -194,8 +226,17 @@ class ServerApp:
             if req.top_n is not None:
                 order = order[: req.top_n]
             results = [{"index": i, "relevance_score": float(scores[i])} for i in order]
-        return JSONResponse({"model": self.reranker.info.name, "results": results,
+        return JSONResponse({"model": reranker.info.name, "results": results,
                              "usage": {"truncated": truncated}})
+
+    async def models(self, request: Request) -> Response:
+        """OpenAI's model list: what this worker serves (clients and gateways ask this first)."""
+        served = [self.embedder.info] + ([self.reranker.info] if self.reranker else [])
+        return JSONResponse({"object": "list", "data": [
+            {"id": info.name, "object": "model", "created": self.started, "owned_by": "qwen-pg",
+             "kind": info.kind, "backend": info.backend, "dimension": info.dimension,
+             "max_length": info.max_length}
+            for info in served]})
 
     async def health(self, request: Request) -> Response:
         def describe(info: ModelInfo) -> dict[str, Any]:

@@ -33,6 +33,8 @@ from .metrics import ServerMetrics
 if TYPE_CHECKING:
     from embedder_worker.model.backend import EmbeddingBackend
 
+    from .cache import EmbeddingCache
+
 
 _SETTLE_ROUNDS = 32  # at most this many checks of the queue size after a pass …
 _SETTLE_SPINS = 4    # … each after this many event-loop iterations
@@ -76,10 +78,12 @@ class EmbeddingBatcher:
 
     kind = "embedding"
 
-    def __init__(self, embedder: EmbeddingBackend, limits: BatchLimits, metrics: ServerMetrics) -> None:
+    def __init__(self, embedder: EmbeddingBackend, limits: BatchLimits, metrics: ServerMetrics,
+                 cache: EmbeddingCache | None = None) -> None:
         self._embedder = embedder
         self._limits = limits
         self._metrics = metrics
+        self._cache = cache
         self._queue: deque[_Pending] = deque()
         self._wakeup: asyncio.Event | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -107,6 +111,22 @@ class EmbeddingBatcher:
         if self._wakeup is None:
             raise RuntimeError("EmbeddingBatcher.start() was not called")
         prompts = [format_query(instruction, t) for t in texts] if instruction else list(texts)
+        if self._cache is None:
+            return await self._submit(prompts, dimensions)
+        passes: list[BatchedEmbedding] = []
+
+        async def compute(missing: list[str]) -> np.ndarray:
+            passes.append(await self._submit(missing, dimensions))
+            return passes[0].vectors
+
+        vectors = await self._cache.embed(prompts, dimensions, compute)
+        if passes:
+            return BatchedEmbedding(vectors, passes[0].truncated, passes[0].batch_requests)
+        return BatchedEmbedding(vectors, truncated=0, batch_requests=0)  # every text from the cache
+
+    async def _submit(self, prompts: list[str], dimensions: int | None) -> BatchedEmbedding:
+        """Queue prompts (already in their final form) for the next forward pass that fits them."""
+        assert self._wakeup is not None
         max_length = self._embedder.info.max_length
         pending = _Pending(
             texts=prompts,
@@ -152,12 +172,13 @@ class EmbeddingBatcher:
                 await self._settle()
             if self._limits.max_wait_ms > 0 and self._limits.enabled:
                 await asyncio.sleep(self._limits.max_wait_ms / 1000)
-            batch = self._take_batch()
+            # Requests whose caller went away (disconnected, deadline passed: their future is
+            # cancelled) are not worth a forward pass, nor a place in the batch's bounds.
+            self._queue = deque(p for p in self._queue if not p.future.done())
+            batch = self._take_batch() if self._queue else []
             if not self._queue:
                 self._wakeup.clear()
             self._metrics.queue_depth.labels(self.kind).set(len(self._queue))
-            # Requests whose caller went away (cancelled SQL query) are not worth a forward pass.
-            batch = [p for p in batch if not p.future.done()]
             just_ran = bool(batch)
             if batch:
                 await self._forward(batch)

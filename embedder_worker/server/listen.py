@@ -11,7 +11,13 @@ socket is mode 0660 and belongs to the database server's OS user or group:
   distribution install where the server runs as postgres:postgres).
 A parent directory that does not exist yet is created mode 0750 with the same owner/group, so
 nobody else can even reach the socket. An existing parent directory is left as it is (it must be
-searchable by the database server's user).
+searchable by the database server's user), but it must not let other users replace the socket:
+a directory anyone can write (`/tmp`, `/dev/shm`) is refused, unless it is sticky (then only the
+owner of a file may remove or rename it) and no other user already holds the socket's path —
+otherwise a local user could bind the path while the worker is down and receive the database's
+requests and bearer token. The database's default `qwen.worker_url` is `unix:///run/qwen/worker.sock`
+(`/run` is writable by root only; a service manager creates `/run/qwen` for the worker, e.g.
+systemd's `RuntimeDirectory=qwen`).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import grp
 import os
 import pwd
 import socket
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -78,9 +85,16 @@ def _user_exists(name: str) -> bool:
 def bind_unix(path: Path, user: str | None = None, group: str | int | None = None) -> socket.socket:
     uid, gid = socket_owner(user, group)
     if not path.parent.exists():
-        path.parent.mkdir(mode=0o750, parents=True)
+        try:
+            path.parent.mkdir(mode=0o750, parents=True)
+        except PermissionError:
+            raise ValueError(
+                f"cannot create {path.parent} for the worker's socket: permission denied. Create it for the "
+                f"worker's OS user, writable by nobody else (e.g. install -d -m 0750 -o <worker> -g <postgres's "
+                f"group> {path.parent}, or systemd's RuntimeDirectory=), or listen elsewhere") from None
         os.chmod(path.parent, 0o750)  # mkdir's mode is filtered by the umask
         os.chown(path.parent, uid, gid)
+    check_socket_directory(path, allowed_owners={os.geteuid(), uid})
     _remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -94,6 +108,24 @@ def bind_unix(path: Path, user: str | None = None, group: str | int | None = Non
         raise
     sock.setblocking(False)
     return sock
+
+
+def check_socket_directory(path: Path, allowed_owners: set[int]) -> None:
+    """Refuse a socket path that another local user could take over (see the module docstring).
+    `allowed_owners`: who may own a file already at `path` (the worker; the user the socket is given to)."""
+    directory = path.parent.stat()
+    if not directory.st_mode & stat.S_IWOTH:
+        return
+    if not directory.st_mode & stat.S_ISVTX:
+        raise ValueError(
+            f"refusing to listen in {path.parent}: any user can write that directory, so any user could replace "
+            f"the socket and receive the database's requests and token. Use a directory only the worker (and the "
+            f"database server's user) can write, e.g. unix:///run/qwen/worker.sock")
+    if os.path.lexists(path) and path.lstat().st_uid not in allowed_owners:
+        raise ValueError(
+            f"refusing to listen on {path}: it belongs to another user (uid {path.lstat().st_uid}) in a directory "
+            f"anyone can write. Remove it if it is stale, or better use a directory only the worker can write, "
+            f"e.g. unix:///run/qwen/worker.sock")
 
 
 def _remove_stale_socket(path: Path) -> None:

@@ -53,5 +53,28 @@ class ServerMetrics:
             ["kind"], registry=self.registry,
         )
 
+        self.pending = Gauge(
+            "qwen_server_pending_requests", "Requests admitted and not yet answered (bounded by --max-pending).",
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "qwen_server_dropped_requests",
+            "Requests not served: backlog_full (503), deadline (504), caller_gone (client disconnected).",
+            ["reason"], registry=self.registry,
+        )
+
+        self.cache_lookups = Counter(
+            "qwen_server_cache_lookups", "Query-embedding cache look-ups, one per text: hit or miss.",
+            ["result"], registry=self.registry,
+        )
+        self.cache_evictions = Counter(
+            "qwen_server_cache_evictions", "Cache entries evicted to stay within --cache-size / --cache-bytes.",
+            registry=self.registry,
+        )
+        self.cache_entries = Gauge("qwen_server_cache_entries", "Texts in the query-embedding cache.",
+                                   registry=self.registry)
+        self.cache_bytes = Gauge("qwen_server_cache_bytes", "Bytes held by the query-embedding cache.",
+                                 registry=self.registry)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -19,11 +19,13 @@ _PRESET_LIKE = re.compile(r"[a-z][a-z0-9_]*")
 class RequestError(Exception):
     """A client error: HTTP status + a message safe to show (no request content)."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.kind = kind
+        self.headers = headers or {}
 
 
 @dataclass(frozen=True)

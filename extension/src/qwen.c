@@ -14,7 +14,12 @@
 
 #include "qwen.h"
 
+/* PostgreSQL 18 records a name and version with the magic block; earlier versions have the plain one. */
+#ifdef PG_MODULE_MAGIC_EXT
 PG_MODULE_MAGIC_EXT(.name = "qwen", .version = QWEN_MODULE_VERSION);
+#else
+PG_MODULE_MAGIC;
+#endif
 
 char	   *qwen_worker_url = NULL;
 char	   *qwen_worker_token = NULL;
@@ -29,12 +34,15 @@ _PG_init(void)
 	/*
 	 * Where the database sends requests is a superuser decision (PGC_SUSET):
 	 * an ordinary user must not be able to redirect query text and the token.
+	 * The default is a socket in a directory only root (or a service manager, e.g. systemd's
+	 * RuntimeDirectory=qwen) can create: a socket in a world-writable directory such as /tmp
+	 * could be squatted by any local user while the worker is down.
 	 */
 	DefineCustomStringVariable("qwen.worker_url",
 							   "URL of the qwen embedder worker's request server.",
 							   "unix:///path/to.sock or http://host:port",
 							   &qwen_worker_url,
-							   "unix:///tmp/qwen-worker.sock",
+							   QWEN_DEFAULT_WORKER_URL,
 							   PGC_SUSET,
 							   0,
 							   NULL, NULL, NULL);

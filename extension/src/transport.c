@@ -1,7 +1,8 @@
 /*
  * transport.c -- HTTP round trips to the embedder worker through libcurl.
  *
- * SQL: qwen._worker_request(path, body, content_type) (POST) and qwen._worker_get(path).
+ * SQL: qwen._worker_request(path, body, content_type) (POST) and qwen._worker_get(path), to the
+ * endpoints in worker_endpoints only; neither is executable by PUBLIC (sql/src/10_module.sql).
  * The worker listens on `unix:///abs/path.sock` (HTTP over that socket) or `http://host:port[/prefix]`
  * (qwen.worker_url, superuser-only).
  *
@@ -22,6 +23,7 @@
 #include "postgres.h"
 
 #include <pwd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -128,7 +130,7 @@ invalid_worker_url(const char *url, const char *why)
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("qwen.worker_url \"%s\" is not usable: %s", url, why),
 			 errhint("Use unix:///path/to/worker.sock (same host) or http://host:port, e.g. "
-					 "ALTER DATABASE … SET qwen.worker_url = 'unix:///tmp/qwen-worker.sock'.")));
+					 "ALTER DATABASE … SET qwen.worker_url = '%s'.", QWEN_DEFAULT_WORKER_URL)));
 }
 
 static WorkerTarget
@@ -179,17 +181,59 @@ resolve_worker_url(void)
 	return target;
 }
 
-static void
-check_request_path(const char *path)
+/*
+ * The only requests the SQL functions make.  Anything else is refused before a byte is sent, so
+ * the bearer token (and query text) can never reach another endpoint of the worker or of whatever
+ * else listens at qwen.worker_url: exact matches, hence no "..", query, fragment or %-escape.
+ */
+typedef struct WorkerEndpoint
 {
-	if (path[0] != '/')
+	bool		post;			/* POST with a body, else GET */
+	const char *path;
+} WorkerEndpoint;
+
+static const WorkerEndpoint worker_endpoints[] = {
+	{true, "/v1/embeddings"},	/* qwen_embed, qwen_search */
+	{true, "/v1/rerank"},		/* qwen_rerank, qwen_rerank_score, qwen_search(rerank => true) */
+	{false, "/health"},			/* liveness */
+	{false, "/v1/models"},		/* what the worker serves */
+};
+
+static void
+check_request_path(const char *path, bool post)
+{
+	for (int i = 0; i < lengthof(worker_endpoints); i++)
+		if (worker_endpoints[i].post == post && strcmp(worker_endpoints[i].path, path) == 0)
+			return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("qwen worker request %s \"%s\" is not an endpoint the extension uses",
+					post ? "POST" : "GET", is_url_text(path) ? path : "(not printable)"),
+			 errhint("POST goes to /v1/embeddings or /v1/rerank; GET to /health or /v1/models.")));
+}
+
+/*
+ * A socket in a directory any user can write (and that is not sticky) can be replaced by any local
+ * user, who would then receive query text and the bearer token: refuse to send there.  A directory
+ * that cannot be examined is left to connect() to explain.
+ */
+static void
+check_socket_directory(const WorkerTarget *target)
+{
+	char	   *directory = pstrdup(target->socket_path);
+	char	   *slash = strrchr(directory, '/');
+	struct stat st;
+
+	slash[slash == directory ? 1 : 0] = '\0';
+	if (stat(directory, &st) != 0)
+		return;
+	if ((st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX))
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("qwen worker request path must start with \"/\"")));
-	if (!is_url_text(path))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("qwen worker request path must not contain spaces or control characters")));
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("qwen worker socket \"%s\" is in a directory any user can write", target->socket_path),
+				 errdetail("Any local user could replace the socket and receive the requests and the token."),
+				 errhint("Listen in a directory only the worker's OS user can write, e.g. qwen-pg worker --listen %s.",
+						 QWEN_DEFAULT_WORKER_URL)));
 }
 
 static void
@@ -505,9 +549,31 @@ sqlstate_for_http_status(long status)
 			return ERRCODE_PROGRAM_LIMIT_EXCEEDED;
 		case 429:
 		case 503:
+		case 504:
 			return ERRCODE_INSUFFICIENT_RESOURCES;
 		default:
 			return ERRCODE_EXTERNAL_ROUTINE_EXCEPTION;
+	}
+}
+
+static const char *
+hint_for_http_status(long status)
+{
+	switch (status)
+	{
+		case 401:
+		case 403:
+			return "Set qwen.worker_token to the worker's --token where only superusers can read it: "
+				"postgresql.conf or ALTER SYSTEM, with session_preload_libraries = 'qwen' (docs/PRIVILEGES.md).";
+		case 429:
+		case 503:
+			return "The worker is busy: retry the statement shortly, or raise the worker's --max-pending "
+				"(or run more workers) if this happens under normal load.";
+		case 504:
+			return "The request waited longer than the worker's --request-timeout: retry, or raise that "
+				"limit (and qwen.request_timeout) if the worker is merely slow.";
+		default:
+			return NULL;
 	}
 }
 
@@ -515,14 +581,13 @@ static void
 report_http_error(const char *path, const ReplyBuffer *reply, long status)
 {
 	char	   *message = worker_error_message(reply->data + VARHDRSZ, reply->len);
+	const char *hint = hint_for_http_status(status);
 
 	ereport(ERROR,
 			(errcode(sqlstate_for_http_status(status)),
 			 errmsg("qwen worker returned HTTP %ld: %s", status, message),
 			 errdetail("Request: %s.", path),
-			 (status == 401 || status == 403)
-			 ? errhint("Set qwen.worker_token to the worker's --token (ALTER DATABASE … SET qwen.worker_token = '…').")
-			 : 0));
+			 hint != NULL ? errhint("%s", hint) : 0));
 }
 
 /* The whole exchange: the reply body as a bytea, or an ERROR. */
@@ -533,9 +598,11 @@ worker_round_trip(const char *path, const char *body, size_t body_len, const cha
 	ReplyBuffer reply;
 	TransferOutcome outcome;
 
-	check_request_path(path);
+	check_request_path(path, body != NULL);
 	if (content_type != NULL)
 		check_header_value(content_type, "content type");
+	if (target.socket_path != NULL)
+		check_socket_directory(&target);
 
 	perform_transfer(&target, path, body, body_len, content_type, &reply, &outcome);
 

@@ -49,6 +49,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token", default=os.environ.get("QWEN_WORKER_TOKEN"),
                    help="bearer token for --listen (default: $QWEN_WORKER_TOKEN; required over TCP)")
     p.add_argument("--reranker-model", default=None, help="with --listen: a Qwen3-Reranker to serve as well")
+    p.add_argument("--max-pending", type=int, default=None,
+                   help="with --listen: requests waiting or in a forward pass before new ones get 503 (default 1024)")
+    p.add_argument("--request-timeout", type=float, default=None,
+                   help="with --listen: seconds a request may wait for its answer before a 504 (default 300)")
+    p.add_argument("--cache-size", type=int, default=10_000,
+                   help="with --listen: query embeddings kept for repeated texts, shared by all callers (0: no cache)")
+    p.add_argument("--cache-bytes", type=int, default=64 * 2**20, help="with --listen: the cache's size bound in bytes")
+    p.add_argument("--cache-ttl", type=float, default=None,
+                   help="with --listen: seconds a cached embedding stays valid (default: until evicted)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_worker)
 
@@ -140,12 +149,25 @@ def _worker(args: argparse.Namespace) -> int:
             maintenance_interval=args.maintenance_interval, exit_when_idle=args.exit_when_idle,
             retry=RetryPolicy(max_attempts=args.max_attempts, backoff=timedelta(seconds=args.retry_backoff)),
         )
+        request_limits = cache = None
+        if args.listen and args.cache_size > 0:
+            from ..server.cache import CacheLimits
+
+            cache = CacheLimits(max_entries=args.cache_size, max_bytes=args.cache_bytes, ttl=args.cache_ttl)
+        if args.listen and (args.max_pending is not None or args.request_timeout is not None):
+            from ..server.limits import RequestLimits
+
+            default = RequestLimits()
+            request_limits = RequestLimits(
+                max_pending=default.max_pending if args.max_pending is None else args.max_pending,
+                timeout=default.timeout if args.request_timeout is None else args.request_timeout)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     with _connect(args):  # fail fast with one line when the database is unreachable; the schema is waited for
         pass
     config = WorkerConfig(dsn=args.dsn, model=args.model, backend=args.backend, backend_options=backend_options,
-                          consumer=options, listen=args.listen, token=args.token, reranker_model=args.reranker_model)
+                          consumer=options, listen=args.listen, token=args.token, reranker_model=args.reranker_model,
+                          request_limits=request_limits, cache=cache)
     return run_worker(config)
 
 

@@ -24,12 +24,14 @@ RETURNS bytea
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
 AS $$ BEGIN PERFORM qwen._c_module_missing(); RETURN NULL; END $$;
+REVOKE ALL ON FUNCTION qwen._worker_request(text, bytea, text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION qwen._worker_get(path text)
 RETURNS bytea
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
 AS $$ BEGIN PERFORM qwen._c_module_missing(); RETURN NULL; END $$;
+REVOKE ALL ON FUNCTION qwen._worker_get(text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION qwen._vector_from_float32(bytea)
 RETURNS @extschema:vector@.vector

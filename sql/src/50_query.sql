@@ -5,18 +5,14 @@
 -- Task presets and instruction texts are resolved by the worker (embedder_worker.model.qwen3),
 -- the one place that knows them; an unknown preset name comes back as an ERROR from the worker.
 
--- POST a JSON body to the worker and parse its JSON reply.
-CREATE OR REPLACE FUNCTION qwen._request_json(path text, body jsonb) RETURNS jsonb
-LANGUAGE sql VOLATILE PARALLEL RESTRICTED
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT convert_from(qwen._worker_request(path, convert_to(body::text, 'UTF8')), 'UTF8')::jsonb
-$$;
-
 -- The worker's binary reply for one text: d little-endian float32 values.
+-- SECURITY DEFINER: the raw transport (qwen._worker_request) is not executable by PUBLIC; this is
+-- the one narrow request every role may make, to one fixed endpoint with a body built from the
+-- arguments alone. It reads no table and calls no function a caller could supply (the arguments are
+-- plain text/int values, converted by the caller before the call), and pins its search_path.
 CREATE OR REPLACE FUNCTION qwen._embed_request(input text, task text, dimensions int, model text)
 RETURNS bytea
-LANGUAGE sql VOLATILE PARALLEL RESTRICTED
+LANGUAGE sql VOLATILE PARALLEL RESTRICTED SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT qwen._worker_request('/v1/embeddings', convert_to(
