@@ -97,7 +97,7 @@ def _vector_schema(conn: psycopg.Connection) -> str:
 def _registration(conn: psycopg.Connection, source: str | None, embedding_column: str | None) -> tuple:
     return conn.execute(
         "SELECT r.source::text, r.model, r.dimensions, r.vector_type "
-        "FROM qwen._search_registration(%s::regclass, %s::name) AS r",
+        "FROM qwen._find_registration(%s::regclass, %s::name) AS r",
         (source, embedding_column),
     ).fetchone()
 

@@ -13,38 +13,6 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT 1000 $$;
 
--- The registration qwen_search reads: the only one, or the one of `source` (and `embedding_column`).
-CREATE OR REPLACE FUNCTION qwen._search_registration(p_source regclass, p_embedding_column name)
-RETURNS qwen.registrations
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    found qwen.registrations[];
-BEGIN
-    SELECT array_agg(r ORDER BY r.id) INTO found
-      FROM qwen.registrations AS r
-     WHERE (p_source IS NULL OR r.source = p_source)
-       AND (p_embedding_column IS NULL OR r.embedding_column = p_embedding_column);
-    IF found IS NULL THEN
-        IF p_source IS NULL THEN
-            RAISE EXCEPTION 'no table is registered with qwen'
-                USING HINT = 'Register one first: SELECT qwen_register(''my_table'', ''text_column'');';
-        END IF;
-        RAISE EXCEPTION 'table % has no qwen registration%', p_source,
-            coalesce(' with embedding column ' || quote_ident(p_embedding_column), '')
-            USING HINT = 'See SELECT source, text_column, embedding_column FROM qwen.registrations; or register it with qwen_register().';
-    END IF;
-    IF cardinality(found) > 1 THEN
-        RAISE EXCEPTION 'qwen_search needs to know which registration to search (% match)', cardinality(found)
-            USING HINT = format('Pass source => and, when a table has several, embedding_column => (registered: %s).',
-                                (SELECT string_agg(format('%s.%I', f.source, f.embedding_column), ', ')
-                                   FROM unnest(found) AS f));
-    END IF;
-    RETURN found[1];
-END
-$$;
-
 -- " AND t.col = ($3->>'col')::type …" for an equality filter given as a jsonb object.
 -- Column names are checked against the table and quoted; values stay in the bound jsonb parameter.
 CREATE OR REPLACE FUNCTION qwen._search_filter_sql(p_source regclass, p_filter jsonb, p_param int) RETURNS text
@@ -94,7 +62,7 @@ DECLARE
     column_type_name name;
     column_typmod int;
 BEGIN
-    reg := qwen._search_registration(p_source, p_embedding_column);
+    reg := qwen._find_registration(p_source, p_embedding_column);
     -- Lock the table, then read the registration again: qwen_alter swaps the column and the
     -- registration in one transaction under an exclusive lock, so after this the two agree.
     -- (VOLATILE, so that this second read takes a fresh snapshot.) Without SELECT on the table

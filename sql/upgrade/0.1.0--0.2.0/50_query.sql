@@ -4,3 +4,5 @@
 DROP FUNCTION @extschema@.qwen_rerank(text, text, text);
 -- Requests to any path: replaced by the fixed-endpoint qwen._rerank_request.
 DROP FUNCTION qwen._request_json(text, jsonb);
+-- One registration lookup: qwen._find_registration (22_registration.sql) replaces qwen_search's own.
+DROP FUNCTION qwen._search_registration(regclass, name);
