@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 #: modules under embedder_worker.cli that add sub-commands, in help order
-COMMAND_MODULES = ("db", "models", "worker", "demo")
+COMMAND_MODULES = ("db", "models", "worker", "demo", "eval")
 
 
 class CLIError(Exception):
