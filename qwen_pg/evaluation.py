@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from pgvector import Vector
 from psycopg import sql
 
 DEFAULT_TASK = "web_search"
@@ -155,18 +157,21 @@ class Target:
     rerank: bool = False
     candidates: int = 50
     shadow: bool = False
+    worker: str | None = None  # embed queries through this request server here, not qwen.worker_url
 
     def label(self) -> str:
         name = self.table + (f".{self.embedding_column}" if self.embedding_column else "")
         if self.shadow:
-            return f"{name} (qwen_alter shadow)"
-        return name + (f" reranked ({self.candidates})" if self.rerank else "")
+            name += " (qwen_alter shadow)"
+        elif self.rerank:
+            name += f" reranked ({self.candidates})"
+        return name + (f" via {self.worker}" if self.worker else "")
 
 
 def parse_compare(spec: str, base: Target) -> Target:
     """`--compare` SPEC: the base target with changes, comma-separated — `column=C`, `table=T`,
-    `rerank` (or `rerank=false`), `candidates=N`, `shadow`. Another table or column starts from a
-    dense search of it."""
+    `rerank` (or `rerank=false`), `candidates=N`, `shadow`, `worker=URL`. Another table or column
+    starts from a dense search of it."""
     changes: dict[str, Any] = {}
     for part in (p.strip() for p in spec.split(",")):
         name, has_value, value = part.partition("=")
@@ -179,9 +184,11 @@ def parse_compare(spec: str, base: Target) -> Target:
             changes["embedding_column" if name == "column" else "table"] = value.strip()
         elif name == "candidates" and has_value and value.strip().isdigit():
             changes["candidates"] = int(value)
+        elif name == "worker" and has_value and value.strip():
+            changes["worker"] = value.strip()
         else:
             raise EvaluationError(f"--compare: cannot read {part!r} (use shadow, rerank, column=C, table=T, "
-                                  "candidates=N, comma-separated)")
+                                  "candidates=N, worker=URL, comma-separated)")
     if not changes:
         raise EvaluationError("--compare needs what to change: shadow, rerank, column=C or table=T")
     if "table" in changes and "embedding_column" not in changes:
@@ -192,6 +199,8 @@ def parse_compare(spec: str, base: Target) -> Target:
     target = replace(base, **changes)
     if target.shadow and target.rerank:
         raise EvaluationError("--compare: the shadow column is evaluated dense only (no rerank)")
+    if target.worker and target.rerank:
+        raise EvaluationError("--compare: worker=URL evaluates a dense search only (no rerank)")
     if target == base:
         raise EvaluationError("--compare describes the same target as the first one")
     return target
@@ -209,6 +218,7 @@ class _Resolved:
     dimensions: int
     statement: sql.Composable
     coverage: float | None
+    client: Any = None     # a WorkerClient when the target embeds its queries here (worker=URL)
 
 
 def _resolve(conn: psycopg.Connection, target: Target) -> _Resolved:
@@ -226,7 +236,11 @@ def _resolve(conn: psycopg.Connection, target: Target) -> _Resolved:
             raise EvaluationError(f"{source}.{column} has no qwen_alter in progress, so no shadow column to evaluate "
                                   "(start one: SELECT qwen_alter('table', model => …, dimensions => …))")
         column, model, dimensions = next_column, next_model, next_dimensions
-        statement = _shadow_statement(conn, source, column, key_columns)
+        statement = _shadow_statement(conn, source, column, key_columns, by_vector=target.worker is not None)
+    elif target.worker:
+        schema, _ = _column_type(conn, source, column)
+        statement = sql.SQL("SELECT key FROM qwen_search_vector(%(vector)s::text::{}.vector, %(k)s,"
+                            " %(source)s::regclass, NULL, %(column)s::name)").format(sql.Identifier(schema))
     else:
         statement = sql.SQL("SELECT key FROM qwen_search(%(query)s, %(task)s, %(k)s, source => %(source)s::regclass,"
                             " rerank => %(rerank)s, candidates => %(candidates)s,"
@@ -236,25 +250,39 @@ def _resolve(conn: psycopg.Connection, target: Target) -> _Resolved:
             sql.Identifier(column), sql.SQL(source))).fetchone()
     except psycopg.Error as exc:
         raise _database_error(exc) from None
+    client = None
+    if target.worker:
+        from embedder_worker.client import WorkerClient  # the model-side client, only when asked for
+
+        client = WorkerClient(target.worker, token=os.environ.get("QWEN_WORKER_TOKEN"))
     return _Resolved(target, source, tuple(key_columns), column, model, dimensions, statement,
-                     embedded / total if total else None)
+                     embedded / total if total else None, client)
 
 
-def _shadow_statement(conn: psycopg.Connection, source: str, column: str, key_columns: Sequence[str]) -> sql.Composable:
-    """The nearest rows by the shadow column, for the query embedded by its model at its dimensions
-    (what qwen_search will run once the swap is done). The query vector is an InitPlan, so an index
-    on the column serves the ORDER BY when there is one; rows not re-embedded yet are left out."""
-    schema, type_name = conn.execute(
+def _column_type(conn: psycopg.Connection, source: str, column: str) -> tuple[str, str]:
+    """(schema, name) of a column's type: pgvector's vector or halfvec, wherever pgvector is installed."""
+    return conn.execute(
         "SELECT n.nspname, t.typname FROM pg_catalog.pg_attribute a"
         "  JOIN pg_catalog.pg_type t ON t.oid = a.atttypid JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace"
         " WHERE a.attrelid = %s::regclass AND a.attname = %s AND NOT a.attisdropped", (source, column)).fetchone()
+
+
+def _shadow_statement(conn: psycopg.Connection, source: str, column: str, key_columns: Sequence[str], *,
+                      by_vector: bool) -> sql.Composable:
+    """The nearest rows by the shadow column, for the query embedded by its model at its dimensions
+    (what qwen_search will run once the swap is done): by qwen_embed in the database, or for a vector
+    embedded here (`by_vector`). The query vector is an InitPlan or a parameter, so an index on the
+    column serves the ORDER BY when there is one; rows not re-embedded yet are left out."""
+    schema, type_name = _column_type(conn, source, column)
     key = sql.SQL(", ").join(sql.SQL("{}, t.{}").format(sql.Literal(c), sql.Identifier(c)) for c in key_columns)
+    query_vector = (sql.SQL("%(vector)s::text") if by_vector
+                    else sql.SQL("(SELECT qwen_embed(%(query)s, %(task)s, %(dimensions)s, %(model)s))"))
     return sql.SQL(
         "SELECT jsonb_build_object({key}) FROM {source} AS t WHERE t.{column} IS NOT NULL"
-        " ORDER BY t.{column} OPERATOR({schema}.<=>)"
-        " (SELECT qwen_embed(%(query)s, %(task)s, %(dimensions)s, %(model)s))::{schema}.{type}"
+        " ORDER BY t.{column} OPERATOR({schema}.<=>) {query_vector}::{schema}.{type}"
         " LIMIT %(k)s").format(key=key, source=sql.SQL(source), column=sql.Identifier(column),
-                               schema=sql.Identifier(schema), type=sql.Identifier(type_name))
+                               schema=sql.Identifier(schema), type=sql.Identifier(type_name),
+                               query_vector=query_vector)
 
 
 def _database_error(exc: psycopg.Error) -> EvaluationError:
@@ -360,6 +388,9 @@ def _search(conn: psycopg.Connection, r: _Resolved, query: str, task: str, k: in
     params = {"query": query, "task": task, "k": k, "source": r.source, "rerank": r.target.rerank,
               "candidates": max(r.target.candidates, k), "column": r.target.embedding_column,
               "dimensions": r.dimensions, "model": r.model}
+    if r.client is not None:
+        vector = r.client.embed([query], task=task, dimensions=r.dimensions, model=r.model)[0]
+        params["vector"] = Vector(vector).to_text()
     try:
         return [row[0] for row in conn.execute(r.statement, params).fetchall()]
     except psycopg.Error as exc:

@@ -117,6 +117,7 @@ BASE = ev.Target("docs")
     ("column=emb_v2", ev.Target("docs", "emb_v2")),
     ("table=docs_v2", ev.Target("docs_v2")),
     ("table=app.docs_v2, column=emb", ev.Target("app.docs_v2", "emb")),
+    ("shadow,worker=unix:///run/qwen-b/worker.sock", ev.Target("docs", shadow=True, worker="unix:///run/qwen-b/worker.sock")),
 ])
 def test_compare_specs_change_the_first_target(spec, expected):
     assert ev.parse_compare(spec, BASE) == expected
@@ -131,6 +132,7 @@ def test_compare_from_a_reranked_target_to_another_column_starts_dense():
     ("", "cannot read ''"), ("column", "cannot read 'column'"), ("model=x", "cannot read 'model=x'"),
     ("candidates=many", "cannot read"), ("rerank=maybe", "rerank= takes true or false"),
     ("shadow,rerank", "evaluated dense only"), ("rerank=false", "the same target"),
+    ("rerank,worker=http://127.0.0.1:1", "worker=URL evaluates a dense search only"), ("worker=", "cannot read"),
 ])
 def test_bad_compare_specs_are_errors(spec, message):
     with pytest.raises(ev.EvaluationError, match=message):
@@ -218,7 +220,8 @@ def test_eval_scores_the_dense_search_of_an_embedded_table(docs, worker_db, tiny
     assert dense["p50_ms"] > 0
 
 
-def test_compare_the_shadow_column_of_a_qwen_alter_in_progress(docs, worker_db, tiny_embedder, tmp_path, capsys):
+def test_compare_the_shadow_column_of_a_qwen_alter_in_progress(docs, worker_db, tiny_embedder, tiny_worker, tmp_path,
+                                                               capsys):
     docs.execute("SELECT qwen_alter('docs', dimensions => 32)")
     shadow = docs.execute("SELECT next_column FROM qwen.registrations").fetchone()[0]
     # the new model's vectors, as the worker fills them — all but row 20 so far, and no swap yet
@@ -251,6 +254,14 @@ def test_compare_the_shadow_column_of_a_qwen_alter_in_progress(docs, worker_db, 
     assert "docs (qwen_alter shadow)" in out and "nDCG@10" in out and "Δ" in out and "95.0%" in out
     assert "not every row has a vector yet in docs (qwen_alter shadow)" in err
 
+    # the new model's worker may live elsewhere: worker=URL embeds the queries through it, same rankings
+    code, out, err = _run(capsys, "--dsn", worker_db, "--table", "docs", "--labels", str(labels_path),
+                          "--compare", f"shadow,worker={tiny_worker.url}", "--json")
+    assert code == 0, err
+    via = json.loads(out)["targets"][1]
+    assert via["target"] == f"docs (qwen_alter shadow) via {tiny_worker.url}"
+    assert [q["keys"] for q in via["per_query"]] == [q["keys"] for q in second["per_query"]]
+
 
 def test_compare_dense_with_reranked(docs, worker_db, tiny_embedder, tmp_path, capsys):
     labels_path = _labels_from([_ranking(tiny_embedder, q, t or "web_search", 64) for q, t in QUERIES], tmp_path)
@@ -265,7 +276,7 @@ def test_compare_dense_with_reranked(docs, worker_db, tiny_embedder, tmp_path, c
         assert result["keys"] == [r[0] for r in rows]
 
 
-def test_compare_two_embedding_columns(docs, worker_db, tiny_embedder, tmp_path, capsys):
+def test_compare_two_embedding_columns(docs, worker_db, tiny_embedder, tiny_worker, tmp_path, capsys):
     docs.execute("SELECT qwen_register('docs', 'body', 'embedding_small', model => %s, dimensions => 32)",
                  (tiny_embedder.info.name,))
     run_until_idle(worker_db, tiny_embedder)
@@ -278,6 +289,12 @@ def test_compare_two_embedding_columns(docs, worker_db, tiny_embedder, tmp_path,
     assert (small["target"], small["dimensions"]) == ("docs.embedding_small", 32)
     small_rankings = [_ranking(tiny_embedder, q, t or "web_search", 32) for q, t in QUERIES]
     assert [q["keys"] for q in small["per_query"]] == [[{"id": i} for i in r[:10]] for r in small_rankings]
+    # the same through a worker reached from here (qwen_search_vector in the database)
+    code, out, err = _run(capsys, "--dsn", worker_db, "--table", "docs", "--embedding-column", "embedding",
+                          "--labels", str(labels_path), "--compare", f"column=embedding_small,worker={tiny_worker.url}",
+                          "--json")
+    assert code == 0, err
+    assert [q["keys"] for q in json.loads(out)["targets"][1]["per_query"]] == [q["keys"] for q in small["per_query"]]
 
 
 @pytest.mark.parametrize(("args", "message"), [

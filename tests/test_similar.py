@@ -251,3 +251,16 @@ def test_a_table_with_several_registrations_needs_the_embedding_column(vconn, it
     vconn.execute("UPDATE items SET embedding_b = embedding")
     rows = vconn.execute("SELECT key FROM qwen_similar('items', '1', 3, embedding_column => 'embedding_b')")
     assert _keys(rows.fetchall()) == [i for i, _ in _brute_force(items, items[0], {1}, 3)]
+
+
+def test_it_works_in_a_sql_only_install_and_from_a_query(bare_db):
+    """No C module and no worker: qwen_similar only reads stored vectors."""
+    from embedder_worker import sql_install
+
+    with psycopg.connect(bare_db, autocommit=True) as c:
+        sql_install.install_sql(c)
+        register_vector(c)
+        vectors = _create_items(c, n=10)
+        rows = c.execute("SELECT s.key FROM items i, qwen_similar('items', to_jsonb(i.id), 2) AS s"
+                         " WHERE i.body = 'item 4'").fetchall()
+    assert _keys(rows) == [i for i, _ in _brute_force(vectors, vectors[3], {4}, 2)]
