@@ -264,3 +264,38 @@ def test_it_works_in_a_sql_only_install_and_from_a_query(bare_db):
         rows = c.execute("SELECT s.key FROM items i, qwen_similar('items', to_jsonb(i.id), 2) AS s"
                          " WHERE i.body = 'item 4'").fetchall()
     assert _keys(rows) == [i for i, _ in _brute_force(vectors, vectors[3], {4}, 2)]
+
+
+def test_the_sqlalchemy_expression_and_the_psycopg_call(vconn, items, db):
+    """qwen_pg.recommend: the same rows as the SQL, from a session (also per row, LATERAL) and from psycopg."""
+    from sqlalchemy import column, create_engine, func, select, table, true
+    from sqlalchemy.orm import Session
+
+    from embedder_worker.orm import sqlalchemy_url
+    from qwen_pg.recommend import qwen_similar, similar
+
+    sql_rows = vconn.execute("SELECT key, score, text FROM qwen_similar('items', '5', 3)").fetchall()
+    profile_sql = vconn.execute("""SELECT key FROM qwen_similar('items', '[1, 2]', 4,
+                                                                filter => '{"user_id": "carol"}')""").fetchall()
+    engine = create_engine(sqlalchemy_url(db))
+    try:
+        with Session(engine) as session:
+            got = session.execute(select(qwen_similar("items", 5, k=3))).all()
+            assert [(r.key, r.text) for r in got] == [(r[0], r[2]) for r in sql_rows]
+            np.testing.assert_allclose([r.score for r in got], [r[1] for r in sql_rows], atol=1e-9)
+            profile = session.execute(select(qwen_similar("items", [1, 2], k=4, filter={"user_id": "carol"}))).all()
+            assert [r.key for r in profile] == [r[0] for r in profile_sql]
+            assert session.execute(select(qwen_similar("items", {"id": 5}, k=3,
+                                                       embedding_column="embedding"))).all() == got
+            t = table("items", column("id"), column("body"))
+            sim = qwen_similar("items", func.to_jsonb(t.c.id), k=2).lateral()
+            per_row = session.execute(select(t.c.id, sim.c.key).join(sim, true()).where(t.c.id.in_([4, 5]))
+                                      .order_by(t.c.id, sim.c.score.desc())).all()
+            assert [r.key for r in per_row if r.id == 5] == [r[0] for r in sql_rows[:2]]
+            assert len(per_row) == 4 and all(r.key["id"] != r.id for r in per_row)
+    finally:
+        engine.dispose()
+    hits = similar(vconn, "items", {"id": 5}, k=3)
+    assert [(h.key, h.score, h.text) for h in hits] == [(r[0], r[1], r[2]) for r in sql_rows]
+    with pytest.raises(psycopg.Error, match="no row of table public.items has the key"):
+        similar(vconn, "items", 99)
