@@ -179,7 +179,7 @@ def test_column_privileges_apply(vconn, items, db, make_role):
     ("'{\"key\": 1}'", r"does not name the key columns"),
     ("'{\"id\": null}'", r'the value of "id" must be a JSON string, number or boolean'),
     ("'null'", "key must not be null"),
-    ("NULL", "key must not be null"),
+    ("NULL", "item must not be NULL"),
     ("'[]'", "a profile needs 1 to 1000 keys, got 0"),
     ("'[1, [2]]'", "key #2 is an array"),
     ("'[1, null]'", "key #2 must not be null"),

@@ -85,6 +85,11 @@ BEGIN
     SELECT * INTO prepared FROM qwen._search_prepare(source, embedding_column, filter);
     reg := prepared.reg;
 
+    IF item IS NULL THEN
+        RAISE EXCEPTION 'item must not be NULL'
+            USING HINT = 'Pass a row''s key (''42'', to_jsonb(id), ''{"id": 42}'') or a JSON array of keys for a '
+                         'profile (jsonb_agg over no rows is NULL: check that there are rows).';
+    END IF;
     profile := jsonb_typeof(item) = 'array';
     IF profile THEN
         IF jsonb_array_length(item) = 0 OR jsonb_array_length(item) > qwen._search_limit() THEN
