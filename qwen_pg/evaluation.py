@@ -393,5 +393,10 @@ def _search(conn: psycopg.Connection, r: _Resolved, query: str, task: str, k: in
         params["vector"] = Vector(vector).to_text()
     try:
         return [row[0] for row in conn.execute(r.statement, params).fetchall()]
+    except psycopg.errors.UndefinedColumn:
+        if not r.target.shadow:
+            raise
+        raise EvaluationError(f"the shadow column {r.column} of {r.source} is gone: its qwen_alter was swapped in or "
+                              "cancelled during the evaluation (run it again)") from None
     except psycopg.Error as exc:
         raise _database_error(exc) from None

@@ -299,3 +299,20 @@ def test_the_sqlalchemy_expression_and_the_psycopg_call(vconn, items, db):
     assert [(h.key, h.score, h.text) for h in hits] == [(r[0], r[1], r[2]) for r in sql_rows]
     with pytest.raises(psycopg.Error, match="no row of table public.items has the key"):
         similar(vconn, "items", 99)
+
+
+def test_a_date_key_is_found_whatever_the_session_datestyle(vconn):
+    """Keys come back as to_jsonb writes them (ISO) and ISO input parses under any DateStyle."""
+    vconn.execute("CREATE TABLE days (day date PRIMARY KEY, body text NOT NULL)")
+    vectors = _unit_vectors(4)
+    vconn.execute("INSERT INTO days SELECT DATE '2026-03-01' + g, 'day ' || g FROM generate_series(0, 3) g")
+    vconn.execute("SELECT qwen_register('days', 'body', model => 'test/model', dimensions => %s)", (DIMS,))
+    with vconn.cursor() as cur:
+        cur.executemany("UPDATE days SET embedding = %s WHERE body = %s",
+                        [(v, f"day {i}") for i, v in enumerate(vectors)])
+    vconn.execute("SET DateStyle = 'SQL, DMY'")
+    rows = vconn.execute("SELECT key FROM qwen_similar('days', '\"2026-03-04\"', 3)").fetchall()
+    expected = _brute_force(vectors, vectors[3], {4}, 3)
+    assert [r[0] for r in rows] == [{"day": f"2026-03-0{i}"} for i, _ in expected]
+    again = vconn.execute("SELECT key FROM qwen_similar('days', %s, 1)", (Jsonb(rows[0][0]),)).fetchall()
+    assert len(again) == 1 and again[0][0] != rows[0][0]  # a key returned by one call is accepted by the next
