@@ -329,8 +329,9 @@ def test_a_label_key_that_does_not_fit_the_table_key_is_an_error(docs, worker_db
 def test_a_swap_during_the_evaluation_is_a_clear_error(docs, worker_db, tmp_path):
     """The shadow column disappears between resolving the target and searching it (a swap or a cancel)."""
     docs.execute("SELECT qwen_alter('docs', dimensions => 32)")
+    shadow = docs.execute("SELECT next_column FROM qwen.registrations").fetchone()[0]
     target = ev.Target("docs", shadow=True)
     resolved = ev._resolve(docs, target)
     docs.execute("SELECT qwen_alter('docs', dimensions => 64)")  # back to the current settings: cancels it
-    with pytest.raises(ev.EvaluationError, match="the shadow column embedding_qwen_next of docs is gone"):
+    with pytest.raises(ev.EvaluationError, match=f"the shadow column {shadow} of docs is gone"):
         ev._search(docs, resolved, "tea", "web_search", 10)
