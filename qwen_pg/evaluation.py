@@ -28,6 +28,7 @@ from typing import Any
 import psycopg
 from pgvector import Vector
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 DEFAULT_TASK = "web_search"
 NDCG_AT = 10
@@ -314,6 +315,7 @@ class TargetReport:
     coverage: float | None   # rows with a vector / rows, when counted
     k: int
     queries: list[QueryResult] = field(default_factory=list)
+    unknown_keys: list[dict[str, str]] = field(default_factory=list)  # labelled keys that are no row here
 
     @property
     def ndcg_at_10(self) -> float:
@@ -334,7 +336,8 @@ class TargetReport:
     def summary(self) -> dict[str, Any]:
         return {"target": self.target, "model": self.model, "dimensions": self.dimensions,
                 "coverage": self.coverage, "queries": len(self.queries), f"ndcg@{NDCG_AT}": self.ndcg_at_10,
-                f"recall@{self.k}": self.recall_at_k, f"mrr@{MRR_AT}": self.mrr_at_10, "p50_ms": self.p50_ms}
+                f"recall@{self.k}": self.recall_at_k, f"mrr@{MRR_AT}": self.mrr_at_10, "p50_ms": self.p50_ms,
+                "unknown_keys": self.unknown_keys}
 
     def as_json(self) -> dict[str, Any]:
         per_query = [{"line": q.line, "query": q.query, f"ndcg@{NDCG_AT}": q.ndcg, f"recall@{self.k}": q.recall,
@@ -356,8 +359,11 @@ def evaluate(conn: psycopg.Connection, labels: Sequence[Label], targets: Sequenc
             raise EvaluationError(f"{r.source} is keyed by ({', '.join(r.key_columns)}), {resolved[0].source} by "
                                   f"({', '.join(key_columns)}): the same labels cannot judge both")
     grades = [_grades(label, key_columns) for label in labels]
+    labelled = sorted({key for graded in grades for key, g in graded.items() if g > 0})
     fetch = max(k, NDCG_AT, MRR_AT)
-    reports = [TargetReport(r.target.label(), r.model, r.dimensions, r.coverage, k) for r in resolved]
+    unknown = {source: _unknown_keys(conn, source, labelled) for source in dict.fromkeys(r.source for r in resolved)}
+    reports = [TargetReport(r.target.label(), r.model, r.dimensions, r.coverage, k, unknown_keys=unknown[r.source])
+               for r in resolved]
     for r in resolved:  # one untimed call each: connection, plan and model warm-up are not query latency
         _search(conn, r, "qwen-pg eval warm-up", default_task, 1)
     for label, graded in zip(labels, grades, strict=True):
@@ -371,6 +377,26 @@ def evaluate(conn: psycopg.Connection, labels: Sequence[Label], targets: Sequenc
                 recall=recall_at_k(ranked, graded, k), mrr=reciprocal_rank(ranked, graded, MRR_AT),
                 latency_ms=elapsed, keys=keys))
     return reports
+
+
+def _unknown_keys(conn: psycopg.Connection, source: str, keys: Sequence[Key]) -> list[dict[str, str]]:
+    """The relevant labelled keys that are no row of the table the caller can see (a typo in the labels,
+    or a deleted row): they count in recall and nDCG but can never be found. One scan of the table,
+    comparing keys in canonical_key's text form (to_jsonb's, so 3 and "3" match)."""
+    if not keys:
+        return []
+    columns = [column for column, _ in keys[0]]
+    match = sql.SQL(" AND ").join(
+        sql.SQL("(pg_catalog.to_jsonb(t.{}) #>> '{{}}') = g.k ->> {}").format(sql.Identifier(c), sql.Literal(c))
+        for c in columns)
+    try:
+        rows = conn.execute(sql.SQL(
+            "SELECT g.k FROM pg_catalog.unnest(%s::jsonb[]) AS g(k)"
+            " WHERE NOT EXISTS (SELECT FROM {} AS t WHERE {}) ORDER BY g.k").format(sql.SQL(source), match),
+            ([Jsonb(dict(key)) for key in keys],)).fetchall()
+    except psycopg.Error as exc:
+        raise _database_error(exc) from None
+    return [row[0] for row in rows]
 
 
 def _grades(label: Label, key_columns: Sequence[str]) -> dict[Key, float]:

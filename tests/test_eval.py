@@ -335,3 +335,15 @@ def test_a_swap_during_the_evaluation_is_a_clear_error(docs, worker_db, tmp_path
     docs.execute("SELECT qwen_alter('docs', dimensions => 64)")  # back to the current settings: cancels it
     with pytest.raises(ev.EvaluationError, match=f"the shadow column {shadow} of docs is gone"):
         ev._search(docs, resolved, "tea", "web_search", 10)
+
+
+def test_labelled_keys_that_are_no_row_are_reported(docs, worker_db, tmp_path, capsys):
+    labels_path = _write(tmp_path, '{"query": "tea", "relevant": {"1": 1, "999": 2, "{\\"id\\": 998}": 1}}',
+                         '{"query": "coffee", "relevant": {"2": 1, "3": 0, "997": 0}}')
+    code, out, err = _run(capsys, "--dsn", worker_db, "--table", "docs", "--labels", str(labels_path), "--json")
+    assert code == 0, err
+    assert json.loads(out)["targets"][0]["unknown_keys"] == [{"id": "998"}, {"id": "999"}]  # 997 is graded 0
+    code, out, err = _run(capsys, "--dsn", worker_db, "--table", "docs", "--labels", str(labels_path))
+    assert code == 0
+    assert ('note: 2 relevant labelled key(s) are not rows of docs that you can see ({"id": "998"}, {"id": "999"})'
+            in err)

@@ -81,6 +81,12 @@ def _print_table(reports, labels: Path) -> None:
                   *([""] if len(reports) == 2 else []))
     console = Console() if sys.stdout.isatty() else Console(width=200)  # pipes: do not squeeze to 80 columns
     console.print(table)
+    for r in reports:
+        if r.unknown_keys:
+            shown = ", ".join(json.dumps(key) for key in r.unknown_keys[:3])
+            print(f"note: {len(r.unknown_keys)} relevant labelled key(s) are not rows of {r.target} that you can see "
+                  f"({shown}{', …' if len(r.unknown_keys) > 3 else ''}): they count, but can never be found",
+                  file=sys.stderr)
     partial = [r.target for r in reports if r.coverage is not None and r.coverage < 1]
     if partial:
         print(f"note: not every row has a vector yet in {', '.join(partial)}: its numbers count only the rows "
