@@ -223,14 +223,11 @@ class _Resolved:
 
 
 def _resolve(conn: psycopg.Connection, target: Target) -> _Resolved:
-    try:
-        reg = conn.execute(
-            "SELECT r.source::text, r.embedding_column, r.key_columns, r.model, r.dimensions,"
-            "       r.next_column, r.next_model, r.next_dimensions"
-            "  FROM qwen._search_registration(%s::regclass, %s::name) AS r",
-            (target.table, target.embedding_column)).fetchone()
-    except psycopg.Error as exc:
-        raise _database_error(exc) from None
+    reg = conn.execute(
+        "SELECT r.source::text, r.embedding_column, r.key_columns, r.model, r.dimensions,"
+        "       r.next_column, r.next_model, r.next_dimensions"
+        "  FROM qwen._search_registration(%s::regclass, %s::name) AS r",
+        (target.table, target.embedding_column)).fetchone()
     source, column, key_columns, model, dimensions, next_column, next_model, next_dimensions = reg
     if target.shadow:
         if next_column is None:
@@ -246,11 +243,8 @@ def _resolve(conn: psycopg.Connection, target: Target) -> _Resolved:
         statement = sql.SQL("SELECT key FROM qwen_search(%(query)s, %(task)s, %(k)s, source => %(source)s::regclass,"
                             " rerank => %(rerank)s, candidates => %(candidates)s,"
                             " embedding_column => %(column)s::name)")
-    try:
-        total, embedded = conn.execute(sql.SQL("SELECT count(*), count({}) FROM {}").format(
-            sql.Identifier(column), sql.SQL(source))).fetchone()
-    except psycopg.Error as exc:
-        raise _database_error(exc) from None
+    total, embedded = conn.execute(sql.SQL("SELECT count(*), count({}) FROM {}").format(
+        sql.Identifier(column), sql.SQL(source))).fetchone()
     client = None
     if target.worker:
         from embedder_worker.client import WorkerClient  # the model-side client, only when asked for
@@ -284,12 +278,6 @@ def _shadow_statement(conn: psycopg.Connection, source: str, column: str, key_co
         " LIMIT %(k)s").format(key=key, source=sql.SQL(source), column=sql.Identifier(column),
                                schema=sql.Identifier(schema), type=sql.Identifier(type_name),
                                query_vector=query_vector)
-
-
-def _database_error(exc: psycopg.Error) -> EvaluationError:
-    diag = exc.diag
-    primary = diag.message_primary or str(exc).strip().splitlines()[0]
-    return EvaluationError(primary + (f" (hint: {diag.message_hint})" if diag.message_hint else ""))
 
 
 # -- running -----------------------------------------------------------------------------------------
@@ -349,7 +337,8 @@ def evaluate(conn: psycopg.Connection, labels: Sequence[Label], targets: Sequenc
              default_task: str = DEFAULT_TASK, clock: Callable[[], float] = time.perf_counter) -> list[TargetReport]:
     """Run every labelled query against every target (interleaved, so a load change hits all alike)
     and score the rankings. `conn` should be in autocommit mode: each search is its own statement,
-    as an application's would be."""
+    as an application's would be. Bad labels or targets raise EvaluationError; the database's own
+    errors (unknown table, permission denied, an unreachable worker …) are psycopg.Error."""
     if not 1 <= k <= 1000:
         raise EvaluationError(f"k must be between 1 and 1000, got {k}")
     resolved = [_resolve(conn, t) for t in targets]
@@ -389,13 +378,10 @@ def _unknown_keys(conn: psycopg.Connection, source: str, keys: Sequence[Key]) ->
     match = sql.SQL(" AND ").join(
         sql.SQL("(pg_catalog.to_jsonb(t.{}) #>> '{{}}') = g.k ->> {}").format(sql.Identifier(c), sql.Literal(c))
         for c in columns)
-    try:
-        rows = conn.execute(sql.SQL(
-            "SELECT g.k FROM pg_catalog.unnest(%s::jsonb[]) AS g(k)"
-            " WHERE NOT EXISTS (SELECT FROM {} AS t WHERE {}) ORDER BY g.k").format(sql.SQL(source), match),
-            ([Jsonb(dict(key)) for key in keys],)).fetchall()
-    except psycopg.Error as exc:
-        raise _database_error(exc) from None
+    rows = conn.execute(sql.SQL(
+        "SELECT g.k FROM pg_catalog.unnest(%s::jsonb[]) AS g(k)"
+        " WHERE NOT EXISTS (SELECT FROM {} AS t WHERE {}) ORDER BY g.k").format(sql.SQL(source), match),
+        ([Jsonb(dict(key)) for key in keys],)).fetchall()
     return [row[0] for row in rows]
 
 
@@ -424,5 +410,3 @@ def _search(conn: psycopg.Connection, r: _Resolved, query: str, task: str, k: in
             raise
         raise EvaluationError(f"the shadow column {r.column} of {r.source} is gone: its qwen_alter was swapped in or "
                               "cancelled during the evaluation (run it again)") from None
-    except psycopg.Error as exc:
-        raise _database_error(exc) from None

@@ -35,9 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    import psycopg
+
     from qwen_pg import evaluation as ev
 
-    from .worker import _connect
+    from .worker import _connect, _sql_error
 
     try:
         labels = ev.load_labels(args.labels)
@@ -47,6 +49,8 @@ def _eval(args: argparse.Namespace) -> int:
             reports = ev.evaluate(conn, labels, targets, k=args.k, default_task=args.task or ev.DEFAULT_TASK)
     except ev.EvaluationError as exc:
         raise CLIError(str(exc)) from None
+    except psycopg.Error as exc:
+        raise _sql_error(exc) from None
     if args.json:
         print(json.dumps({"labels": str(args.labels), "targets": [r.as_json() for r in reports]}, indent=2,
                          default=str))
