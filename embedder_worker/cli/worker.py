@@ -139,6 +139,9 @@ def _worker(args: argparse.Namespace) -> int:
     with _connect(args) as conn:  # fail fast with one line when the database or the extension is missing
         if conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'qwen'").fetchone()[0] == 0:
             raise CLIError("the qwen extension is not installed in this database (CREATE EXTENSION qwen CASCADE)")
+        if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+            raise CLIError("this database is a read-only standby: run workers against the primary "
+                           "(a standby serves only qwen_search, qwen_embed and qwen_rerank)")
     config = WorkerConfig(dsn=args.dsn, model=args.model, backend=args.backend, backend_options=backend_options,
                           consumer=options, listen=args.listen, token=args.token, reranker_model=args.reranker_model)
     return run_worker(config)
