@@ -103,6 +103,8 @@ def test_the_standby_searches_embeds_and_reranks_while_the_primary_embeds(cluste
         got = searched(s, "a lost umbrella")
         assert sorted(got) == list(range(1, len(FIRST) + len(SECOND) + 1))
         assert got == expected_ranking(s, tiny_embedder, "a lost umbrella")
+        status = s.execute("SELECT embedded, queued FROM qwen_status WHERE source = 'docs'::regclass").fetchone()
+        assert status == (len(FIRST) + len(SECOND), 0)  # qwen_status reads on the standby too
     finally:
         worker.terminate()
         worker.wait(timeout=60)
