@@ -163,8 +163,10 @@ def _worker(args: argparse.Namespace) -> int:
                 timeout=default.timeout if args.request_timeout is None else args.request_timeout)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    with _connect(args):  # fail fast with one line when the database is unreachable; the schema is waited for
-        pass
+    with _connect(args) as conn:  # fail fast with one line when the database is unreachable; the schema is waited for
+        if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+            raise CLIError("this database is a read-only standby: run workers against the primary "
+                           "(a standby serves only qwen_search, qwen_embed and qwen_rerank)")
     config = WorkerConfig(dsn=args.dsn, model=args.model, backend=args.backend, backend_options=backend_options,
                           consumer=options, listen=args.listen, token=args.token, reranker_model=args.reranker_model,
                           request_limits=request_limits, cache=cache)
