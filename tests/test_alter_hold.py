@@ -1,0 +1,130 @@
+"""qwen_alter(…, swap => 'hold'): the new column is filled and indexed, then waits for qwen_alter_finish (or
+qwen_alter_cancel), so the two models can be compared on the same queries before the switch."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from tests.fixtures.db import dsn_as
+from tests.queue_support import assert_vectors_are_embeddings, connect, run_until_idle, status
+
+
+@pytest.fixture
+def docs(db, tiny_embedder):
+    conn = connect(db)
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs SELECT g, 'passage ' || g || repeat(' about things', g % 5) "
+                  "FROM generate_series(1, 80) g")
+    conn.execute("SELECT qwen_register('docs', 'body', model => %s, dimensions => 64)", (tiny_embedder.info.name,))
+    run_until_idle(db, tiny_embedder)
+    return conn
+
+
+def registration(conn) -> tuple:
+    return conn.execute("SELECT dimensions, generation, next_column, next_swap FROM qwen.registrations").fetchone()
+
+
+def column_exists(conn, column: str) -> bool:
+    return conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'docs'::regclass AND attname = %s "
+                        "AND NOT attisdropped", (column,)).fetchone()[0] == 1
+
+
+def index_valid(conn, index: str) -> bool | None:
+    row = conn.execute("SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                       "WHERE c.relname = %s", (index,)).fetchone()
+    return row and row[0]
+
+
+def held_and_filled(db, tiny_embedder, conn) -> str:
+    """A held qwen_alter to 32 dimensions whose shadow column the worker has filled and indexed."""
+    reg_id = conn.execute("SELECT qwen_alter('docs', dimensions => 32, swap => 'hold')").fetchone()[0]
+    run_until_idle(db, tiny_embedder)
+    return f"qwen_{reg_id}_next"
+
+
+def test_a_held_alter_is_filled_and_indexed_but_not_swapped_when_the_worker_is_idle(db, tiny_embedder, docs):
+    shadow = held_and_filled(db, tiny_embedder, docs)
+    run_until_idle(db, tiny_embedder)  # a second idle pass swaps nothing either
+    assert registration(docs) == (64, 1, shadow, "hold")
+    assert_vectors_are_embeddings(docs, "docs", tiny_embedder, 64)
+    assert_vectors_are_embeddings(docs, "docs", tiny_embedder, 32, embedding_column=shadow)
+    assert index_valid(docs, f"{shadow}_hnsw") is True
+    st = status(docs, "docs")
+    assert st["pending_alter"].endswith("into " + shadow + ": held, ready to swap (qwen_alter_finish)")
+    assert (st["queued"], st["dimensions"], st["coverage"]) == (0, 64, 1.0)
+
+
+def test_status_says_a_held_alter_is_still_filling(db, tiny_embedder, docs):
+    docs.execute("SELECT qwen_alter('docs', dimensions => 32, swap => 'hold')")
+    assert status(docs, "docs")["pending_alter"].endswith(": held, filling")
+    docs.execute("SELECT qwen_alter('docs', dimensions => 48)")  # a newer request replaces it, not held
+    assert registration(docs)[3] == "auto"
+    assert "held" not in status(docs, "docs")["pending_alter"]
+
+
+def test_finish_lets_the_worker_swap_the_held_column_in(db, tiny_embedder, docs):
+    shadow = held_and_filled(db, tiny_embedder, docs)
+    assert docs.execute("SELECT qwen_alter_finish('docs')").fetchone() == (True,)
+    assert registration(docs) == (64, 1, shadow, "auto")  # the swap is the worker's (it retries on a busy table)
+    run_until_idle(db, tiny_embedder)
+    assert registration(docs) == (32, 2, None, None)
+    assert not column_exists(docs, shadow)
+    assert_vectors_are_embeddings(docs, "docs", tiny_embedder, 32)
+    st = status(docs, "docs")
+    assert (st["pending_alter"], st["index_ready"], st["queued"]) == (None, True, 0)
+
+
+def test_finish_before_the_column_is_filled_swaps_as_soon_as_it_is(db, tiny_embedder, docs):
+    docs.execute("SELECT qwen_alter('docs', dimensions => 32, swap => 'hold')")
+    notices = []
+    docs.add_notice_handler(lambda d: notices.append(d.message_primary))
+    assert docs.execute("SELECT qwen_alter_finish('docs')").fetchone() == (False,)
+    assert any("not filled and indexed yet" in n for n in notices)
+    run_until_idle(db, tiny_embedder)
+    assert registration(docs) == (32, 2, None, None)
+    assert_vectors_are_embeddings(docs, "docs", tiny_embedder, 32)
+
+
+def test_cancel_drops_the_held_column_its_index_and_its_queue_entries(db, tiny_embedder, docs):
+    shadow = held_and_filled(db, tiny_embedder, docs)
+    docs.execute("UPDATE docs SET body = 'changed while held' WHERE id = 3")  # queued for both columns
+    assert docs.execute("SELECT count(*) FROM qwen.queue WHERE target = 1").fetchone() == (1,)
+    assert docs.execute("SELECT qwen_alter_cancel('docs')").fetchone() == (True,)
+    assert registration(docs) == (64, 1, None, None)
+    assert not column_exists(docs, shadow)
+    assert index_valid(docs, f"{shadow}_hnsw") is None
+    assert docs.execute("SELECT count(*) FROM qwen.queue WHERE target = 1").fetchone() == (0,)
+    assert docs.execute("SELECT qwen_alter_cancel('docs')").fetchone() == (False,)
+    with pytest.raises(psycopg.errors.RaiseException, match="has no pending qwen_alter") as err:
+        docs.execute("SELECT qwen_alter_finish('docs')")
+    assert "qwen_alter" in err.value.diag.message_hint
+    run_until_idle(db, tiny_embedder)  # the live column is kept up to date as before
+    assert_vectors_are_embeddings(docs, "docs", tiny_embedder, 64)
+
+
+def test_only_the_owner_may_finish_or_cancel_a_held_alter(db, tiny_embedder, docs, make_role):
+    shadow = held_and_filled(db, tiny_embedder, docs)
+    reader = make_role("qwen_hold_reader")
+    docs.execute(f"GRANT SELECT ON docs TO {reader}")
+    with psycopg.connect(dsn_as(db, reader), autocommit=True) as c:
+        for call in ["qwen_alter_finish('docs')", "qwen_alter_cancel('docs')",
+                     "qwen_alter('docs', dimensions => 48, swap => 'hold')"]:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="must be owner of table public.docs"):
+                c.execute(f"SELECT {call}")
+        # nor by writing the registration: row-level security leaves another owner's row alone
+        assert c.execute("UPDATE qwen.registrations SET next_swap = 'auto'").rowcount == 0
+    run_until_idle(db, tiny_embedder)
+    assert registration(docs) == (64, 1, shadow, "hold")
+    # a member of the owner's role acts as the owner
+    member = make_role("qwen_hold_member")
+    docs.execute(f"GRANT {docs.info.user} TO {member}")
+    with psycopg.connect(dsn_as(db, member), autocommit=True) as c:
+        assert c.execute("SELECT qwen_alter_finish('docs')").fetchone() == (True,)
+
+
+def test_swap_must_be_auto_or_hold(db, docs):
+    with pytest.raises(psycopg.errors.RaiseException, match="swap must be 'auto' or 'hold'") as err:
+        docs.execute("SELECT qwen_alter('docs', dimensions => 32, swap => 'later')")
+    assert "qwen_alter_finish" in err.value.diag.message_hint
+    assert registration(docs) == (64, 1, None, None)
