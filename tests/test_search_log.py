@@ -59,8 +59,8 @@ def test_sample_one_records_every_search_with_what_it_returned(memories, tiny_mo
     assert nothing == []
     rows = logged(memories)
     assert [(r["query"], r["task"], r["k"], r["rerank"]) for r in rows] == [
-        ("where does she live", "memory", 4, False), ("pets", "web_search", 2, False), ("which city", "memory", 2, True),
-        ("anything", "memory", 3, False)]
+        ("where does she live", "memory", 4, False), ("pets", "web_search", 2, False),
+        ("which city", "memory", 2, True), ("anything", "memory", 3, False)]
     for row, returned in zip(rows, [plain, filtered, reranked, nothing], strict=True):
         assert row["keys"] == [key for key, _ in returned]
         assert row["scores"] == [score for _, score in returned]
@@ -173,8 +173,24 @@ def test_the_daily_view_summarises_quality_and_latency(memories):
     day = days[0]
     assert day["day"] == memories.execute("SELECT min(logged_at)::date FROM qwen.search_log").fetchone()[0]
     assert day["mean_top_score"] == pytest.approx(statistics.fmean(r["scores"][0] for r in dense if r["scores"]))
-    assert day["mean_kth_score"] == pytest.approx(statistics.fmean(r["scores"][2] for r in dense if len(r["scores"]) == 3))
+    full = [r["scores"][2] for r in dense if len(r["scores"]) == 3]
+    assert day["mean_kth_score"] == pytest.approx(statistics.fmean(full))
     latencies = sorted(r["latency_ms"] for r in dense)
     assert day["p50_latency_ms"] == pytest.approx(statistics.median(latencies))
     assert day["max_latency_ms"] == max(latencies)
     assert (day["model"], day["generation"]) == (rows[0]["model"], 1)
+
+
+def test_a_search_beside_a_parallel_scan_is_logged(memories):
+    """qwen_search writes the log, so it is PARALLEL UNSAFE: a statement calling it gets no parallel plan (in a
+    parallel plan's leader the INSERT would be refused, and as PARALLEL RESTRICTED the search itself failed)."""
+    memories.execute("SELECT qwen_log_searches('memories', 1)")
+    memories.execute("CREATE TABLE questions AS SELECT 'question ' || g AS q FROM generate_series(1, 20000) g")
+    memories.execute("ANALYZE questions")
+    for setting in ["parallel_setup_cost = 0", "parallel_tuple_cost = 0", "min_parallel_table_scan_size = 0",
+                    "max_parallel_workers_per_gather = 2", "debug_parallel_query = on"]:
+        memories.execute("SET " + setting)
+    statement = ("SELECT count(*) FROM (SELECT q FROM questions WHERE q LIKE 'question 1%%' LIMIT 3) AS x"
+                 " CROSS JOIN LATERAL qwen_search(x.q, 'memory', 1, 'memories') AS s")
+    assert memories.execute(statement).fetchone() == (3,)
+    assert len(logged(memories)) == 3

@@ -128,7 +128,7 @@ CREATE OR REPLACE FUNCTION @extschema@.qwen_search(
     candidates int DEFAULT 50,
     embedding_column name DEFAULT NULL)
 RETURNS TABLE (key jsonb, score double precision, text text)
-LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE  -- it may write qwen.search_log (58_search_log.sql)
 SET search_path = pg_catalog, pg_temp
 SET hnsw.iterative_scan = relaxed_order
 AS $$
