@@ -3,11 +3,20 @@ qwen_alter_cancel), so the two models can be compared on the same queries before
 
 from __future__ import annotations
 
+import signal
+
 import psycopg
 import pytest
 
 from tests.fixtures.db import dsn_as
-from tests.queue_support import assert_vectors_are_embeddings, connect, run_until_idle, status
+from tests.queue_support import (
+    assert_vectors_are_embeddings,
+    connect,
+    run_cli,
+    run_until_idle,
+    start_worker,
+    status,
+)
 
 
 @pytest.fixture
@@ -128,3 +137,26 @@ def test_swap_must_be_auto_or_hold(db, docs):
         docs.execute("SELECT qwen_alter('docs', dimensions => 32, swap => 'later')")
     assert "qwen_alter_finish" in err.value.diag.message_hint
     assert registration(docs) == (64, 1, None, None)
+
+
+def test_the_cli_starts_finishes_and_cancels_a_held_alter(db, tiny_embedder, docs, tmp_path):
+    result = run_cli("alter", "start", "--dsn", db, "--table", "docs", "--dimensions", "32", "--hold")
+    assert result.returncode == 0, result.stderr
+    assert "waits for `qwen-pg alter finish`" in result.stdout
+    run_until_idle(db, tiny_embedder)
+    assert registration(docs)[:2] == (64, 1)
+    worker = start_worker(db, tiny_embedder.info.name, log_path=tmp_path / "worker.log")
+    try:
+        result = run_cli("alter", "finish", "--dsn", db, "--table", "docs", "--wait")
+        assert result.returncode == 0, result.stderr
+        assert "ready: the worker swaps it in now" in result.stdout and "swapped in" in result.stdout
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0
+    assert registration(docs) == (32, 2, None, None)
+    run_cli("alter", "start", "--dsn", db, "--table", "docs", "--dimensions", "48", "--hold")
+    result = run_cli("alter", "cancel", "--dsn", db, "--table", "docs")
+    assert result.returncode == 0 and "cancelled the pending alter of docs" in result.stdout
+    result = run_cli("alter", "finish", "--dsn", db, "--table", "docs")
+    assert result.returncode == 1 and "has no pending qwen_alter" in result.stderr
+    assert result.stderr.strip().count("\n") == 0
