@@ -4,6 +4,7 @@ qwen_alter_cancel), so the two models can be compared on the same queries before
 from __future__ import annotations
 
 import signal
+import threading
 
 import psycopg
 import pytest
@@ -17,6 +18,7 @@ from tests.queue_support import (
     start_worker,
     status,
 )
+from tests.test_queue_interleavings import wait_for_lock_wait
 
 
 @pytest.fixture
@@ -160,3 +162,38 @@ def test_the_cli_starts_finishes_and_cancels_a_held_alter(db, tiny_embedder, doc
     result = run_cli("alter", "finish", "--dsn", db, "--table", "docs")
     assert result.returncode == 1 and "has no pending qwen_alter" in result.stderr
     assert result.stderr.strip().count("\n") == 0
+
+
+def swap_open_while(db, docs, call: str):
+    """The worker's swap transaction is open (registration row and table locked) while `call` runs in another
+    session: it waits for the swap, then commits after it. Returns what `call` returned."""
+    reg_id = docs.execute("SELECT id FROM qwen.registrations").fetchone()[0]
+    docs.execute("SELECT qwen_alter_finish('docs')")
+    with psycopg.connect(db) as swapper, psycopg.connect(db, autocommit=True) as caller:
+        assert swapper.execute("SELECT qwen.finish_alter(%s)", (reg_id,)).fetchone() == (True,)
+        result: list = []
+        thread = threading.Thread(target=lambda: result.append(caller.execute(f"SELECT {call}").fetchone()[0]))
+        thread.start()
+        wait_for_lock_wait(docs, caller.info.backend_pid)
+        swapper.commit()
+        thread.join(timeout=60)
+    assert result, f"{call} did not finish"
+    return result[0]
+
+
+def test_a_cancel_waiting_for_the_worker_s_swap_finds_nothing_left_to_cancel(db, tiny_embedder, docs):
+    held_and_filled(db, tiny_embedder, docs)
+    assert swap_open_while(db, docs, "qwen_alter_cancel('docs')") is False
+    assert registration(docs) == (32, 2, None, None)
+    assert_vectors_are_embeddings(docs, "docs", tiny_embedder, 32)
+
+
+def test_an_alter_waiting_for_the_worker_s_swap_starts_from_the_swapped_settings(db, tiny_embedder, docs):
+    """Back to 64 dimensions, asked while the swap to 32 commits: a new alter to 64, not "already 64"."""
+    shadow = held_and_filled(db, tiny_embedder, docs)
+    swap_open_while(db, docs, "qwen_alter('docs', dimensions => 64)")
+    assert registration(docs) == (32, 2, shadow, "auto")
+    assert docs.execute("SELECT next_dimensions FROM qwen.registrations").fetchone() == (64,)
+    run_until_idle(db, tiny_embedder)
+    assert registration(docs) == (64, 3, None, None)
+    assert_vectors_are_embeddings(docs, "docs", tiny_embedder, 64)

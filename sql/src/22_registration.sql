@@ -271,6 +271,26 @@ BEGIN
 END
 $$;
 
+-- The registration to alter, finish or cancel, for its owner only, locked and read again: a worker's swap
+-- (qwen.finish_alter locks the row too) is either wholly before or wholly after the caller's change.
+CREATE OR REPLACE FUNCTION qwen._lock_registration(p_source regclass, p_embedding_column name, p_action text)
+RETURNS qwen.registrations
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r qwen.registrations := qwen._find_registration(p_source, p_embedding_column);
+BEGIN
+    PERFORM qwen._require_owner(r.source, p_action);
+    SELECT * INTO r FROM qwen.registrations x WHERE x.id = r.id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'the qwen registration of table % was removed', p_source
+            USING HINT = 'Register the table again with qwen_register().';
+    END IF;
+    RETURN r;
+END
+$$;
+
 -- Drop a registration's pending qwen_alter: the shadow column (its index goes with it) and the next_*
 -- settings; the trigger on qwen.registrations removes its queue entries (target 1).
 CREATE OR REPLACE FUNCTION qwen._alter_clear(r qwen.registrations) RETURNS void
@@ -300,14 +320,13 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    r qwen.registrations := qwen._find_registration(source, embedding_column);
+    r qwen.registrations := qwen._lock_registration(source, embedding_column, 'alter its registration');
     new_model text := coalesce(model, r.model);
     dims int;
     vtype text;
     shadow name;
     shadow_idx name;
 BEGIN
-    PERFORM qwen._require_owner(r.source, 'alter its registration');
     IF swap IS NULL OR swap NOT IN ('auto', 'hold') THEN
         RAISE EXCEPTION 'swap must be ''auto'' or ''hold'', got %', coalesce(quote_literal(swap), 'NULL')
             USING HINT = '''hold'' fills and indexes the new column, then waits for qwen_alter_finish().';
@@ -348,10 +367,9 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    r qwen.registrations := qwen._find_registration(source, embedding_column);
+    r qwen.registrations := qwen._lock_registration(source, embedding_column, 'finish its qwen_alter');
     ready boolean;
 BEGIN
-    PERFORM qwen._require_owner(r.source, 'finish its qwen_alter');
     IF r.next_column IS NULL THEN
         RAISE EXCEPTION 'column %.% has no pending qwen_alter', r.source, quote_ident(r.embedding_column)
             USING HINT = 'A finished one has already been swapped in (qwen_status.generation); start one with '
@@ -377,9 +395,8 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    r qwen.registrations := qwen._find_registration(source, embedding_column);
+    r qwen.registrations := qwen._lock_registration(source, embedding_column, 'cancel its qwen_alter');
 BEGIN
-    PERFORM qwen._require_owner(r.source, 'cancel its qwen_alter');
     IF r.next_column IS NULL THEN
         RETURN false;
     END IF;
