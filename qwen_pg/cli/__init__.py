@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 #: modules under qwen_pg.cli that add sub-commands, in help order
-COMMAND_MODULES = ("db", "models", "worker", "demo", "eval")
+COMMAND_MODULES = ("db", "models", "worker", "alter", "demo", "eval")
 
 #: top-level modules of the `[worker]` extra: commands that need the model stack import
 #: embedder_worker lazily, and one of these missing means the extra is not installed

@@ -38,6 +38,11 @@ CREATE TABLE qwen.registrations (
     alter_started_at    timestamptz,
     created_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
     retry_failed_at     timestamptz,              -- last qwen_retry_failed (its trigger puts parked entries back)
+    -- a pending qwen_alter's swap: 'auto' (a worker swaps once the shadow is filled and indexed) or
+    -- 'hold' (it waits for qwen_alter_finish); NULL when none is pending (or it predates 0.2.0: auto)
+    next_swap           text CHECK (next_swap IN ('auto', 'hold')),
+    -- the share of qwen_search calls recorded in qwen.search_log (qwen_log_searches; 0: none)
+    search_log_sample   double precision NOT NULL DEFAULT 0 CHECK (search_log_sample BETWEEN 0 AND 1),
     UNIQUE (source, embedding_column),
     CHECK (pg_catalog.cardinality(key_columns) = pg_catalog.cardinality(key_types) AND pg_catalog.cardinality(key_columns) > 0)
 );

@@ -256,37 +256,86 @@ BEGIN
 END
 $$;
 
+-- The owner check of the registration functions that change a table's columns (qwen_alter, …). Row-level
+-- security on qwen.registrations would only make a non-owner's UPDATE match nothing: say why instead.
+CREATE OR REPLACE FUNCTION qwen._require_owner(p_source regclass, p_action text) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT pg_has_role(current_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = p_source), 'USAGE') THEN
+        RAISE EXCEPTION 'must be owner of table % to %', p_source, p_action
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Run it as the table''s owner (or a role that is a member of it).';
+    END IF;
+END
+$$;
+
+-- The registration to alter, finish or cancel, for its owner only, locked and read again: a worker's swap
+-- (qwen.finish_alter locks the row too) is either wholly before or wholly after the caller's change.
+CREATE OR REPLACE FUNCTION qwen._lock_registration(p_source regclass, p_embedding_column name, p_action text)
+RETURNS qwen.registrations
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r qwen.registrations := qwen._find_registration(p_source, p_embedding_column);
+BEGIN
+    PERFORM qwen._require_owner(r.source, p_action);
+    SELECT * INTO r FROM qwen.registrations x WHERE x.id = r.id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'the qwen registration of table % was removed', p_source
+            USING HINT = 'Register the table again with qwen_register().';
+    END IF;
+    RETURN r;
+END
+$$;
+
+-- Drop a registration's pending qwen_alter: the shadow column (its index goes with it) and the next_*
+-- settings; the trigger on qwen.registrations removes its queue entries (target 1).
+CREATE OR REPLACE FUNCTION qwen._alter_clear(r qwen.registrations) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', r.source, r.next_column);
+    UPDATE qwen.registrations x SET next_model = NULL, next_dimensions = NULL, next_vector_type = NULL,
+           next_column = NULL, next_index_name = NULL, alter_started_at = NULL, next_swap = NULL
+    WHERE x.id = r.id;
+END
+$$;
+
 -- Change the model or dimensions without downtime: a shadow column is filled by the new model while
--- searches keep using the current one; the worker swaps them in one short transaction at the end.
+-- searches keep using the current one. swap => 'auto': a worker swaps them in one short transaction once
+-- the shadow is filled and indexed; 'hold': the shadow waits, filled and indexed, for qwen_alter_finish
+-- (or qwen_alter_cancel), e.g. to compare the two models on the same queries first.
 CREATE OR REPLACE FUNCTION @extschema@.qwen_alter(
     source regclass,
     model text DEFAULT NULL,
     dimensions int DEFAULT NULL,
-    embedding_column name DEFAULT NULL
+    embedding_column name DEFAULT NULL,
+    swap text DEFAULT 'auto'
 ) RETURNS int
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    r qwen.registrations := qwen._find_registration(source, embedding_column);
+    r qwen.registrations := qwen._lock_registration(source, embedding_column, 'alter its registration');
     new_model text := coalesce(model, r.model);
     dims int;
     vtype text;
     shadow name;
     shadow_idx name;
 BEGIN
-    IF NOT pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = r.source), 'USAGE') THEN
-        RAISE EXCEPTION 'must be owner of table % to alter its registration', r.source
-            USING ERRCODE = 'insufficient_privilege';
+    IF swap IS NULL OR swap NOT IN ('auto', 'hold') THEN
+        RAISE EXCEPTION 'swap must be ''auto'' or ''hold'', got %', coalesce(quote_literal(swap), 'NULL')
+            USING HINT = '''hold'' fills and indexes the new column, then waits for qwen_alter_finish().';
     END IF;
     dims := qwen._resolve_dimensions(new_model, CASE WHEN dimensions IS NULL AND new_model = r.model
                                                      THEN r.dimensions ELSE dimensions END);
     vtype := qwen._vector_type_for(dims);
     IF r.next_column IS NOT NULL THEN  -- a newer request replaces a pending one
-        EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', r.source, r.next_column);
-        UPDATE qwen.registrations x SET next_model = NULL, next_dimensions = NULL, next_vector_type = NULL,
-               next_column = NULL, next_index_name = NULL, alter_started_at = NULL
-        WHERE x.id = r.id;
+        PERFORM qwen._alter_clear(r);
     END IF;
     IF new_model = r.model AND dims = r.dimensions THEN
         RAISE NOTICE 'registration % already uses model "%" at % dimensions', r.id, new_model, dims;
@@ -300,13 +349,63 @@ BEGIN
     -- The AFTER UPDATE trigger on qwen.registrations queues every row for the shadow column.
     UPDATE qwen.registrations x
        SET next_model = new_model, next_dimensions = dims, next_vector_type = vtype, next_column = shadow,
-           next_index_name = shadow_idx, alter_started_at = clock_timestamp()
+           next_index_name = shadow_idx, alter_started_at = clock_timestamp(), next_swap = swap
      WHERE x.id = r.id;
     RETURN r.id;
 END
 $$;
-COMMENT ON FUNCTION @extschema@.qwen_alter(regclass, text, int, name) IS
-    're-embed a registration with another model or dimensions; searches use the old vectors until the swap';
+COMMENT ON FUNCTION @extschema@.qwen_alter(regclass, text, int, name, text) IS
+    're-embed a registration with another model or dimensions; searches use the old vectors until the swap (swap => ''hold'' waits for qwen_alter_finish)';
+
+-- Release a held swap: a worker of the new model swaps the shadow column in at its next maintenance
+-- pass (at once when the shadow is already filled and indexed, else as soon as it is). Returns whether
+-- it is ready now. The swap itself stays with the worker: it retries when the table is busy, and it
+-- alone moves the queue entries (table owners have no rights on qwen.queue).
+CREATE OR REPLACE FUNCTION @extschema@.qwen_alter_finish(source regclass DEFAULT NULL, embedding_column name DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r qwen.registrations := qwen._lock_registration(source, embedding_column, 'finish its qwen_alter');
+    ready boolean;
+BEGIN
+    IF r.next_column IS NULL THEN
+        RAISE EXCEPTION 'column %.% has no pending qwen_alter', r.source, quote_ident(r.embedding_column)
+            USING HINT = 'A finished one has already been swapped in (qwen_status.generation); start one with '
+                         'qwen_alter(source, model => …, dimensions => …, swap => ''hold'').';
+    END IF;
+    ready := qwen._alter_ready(r);
+    UPDATE qwen.registrations x SET next_swap = 'auto' WHERE x.id = r.id;
+    PERFORM pg_notify('qwen_queue', r.id::text);
+    IF NOT ready THEN
+        RAISE NOTICE 'the new column of registration % is not filled and indexed yet; a worker swaps it in when it is', r.id
+            USING HINT = 'qwen_status.pending_alter shows the progress; qwen_alter_cancel() drops it instead.';
+    END IF;
+    RETURN ready;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.qwen_alter_finish(regclass, name) IS
+    'let a worker swap in the new column of a held qwen_alter (at once if it is ready); returns whether it is ready';
+
+-- Drop a pending qwen_alter (held or not): the shadow column, its index and its queue entries.
+CREATE OR REPLACE FUNCTION @extschema@.qwen_alter_cancel(source regclass DEFAULT NULL, embedding_column name DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r qwen.registrations := qwen._lock_registration(source, embedding_column, 'cancel its qwen_alter');
+BEGIN
+    IF r.next_column IS NULL THEN
+        RETURN false;
+    END IF;
+    PERFORM qwen._alter_clear(r);
+    RETURN true;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.qwen_alter_cancel(regclass, name) IS
+    'drop a pending qwen_alter (its new column, index and queue entries); false when none is pending';
 
 -- Forget registrations of dropped tables.
 CREATE OR REPLACE FUNCTION qwen._on_sql_drop() RETURNS event_trigger

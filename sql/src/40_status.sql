@@ -34,7 +34,10 @@ AS $$
            w.workers, r.backfill_done_at IS NOT NULL,
            CASE WHEN r.index_name IS NULL THEN NULL ELSE qwen._index_valid(r.source, r.index_name) END,
            CASE WHEN r.next_column IS NULL THEN NULL
-                ELSE format('%s at %s dimensions into %I', r.next_model, r.next_dimensions, r.next_column) END,
+                ELSE format('%s at %s dimensions into %I%s', r.next_model, r.next_dimensions, r.next_column,
+                            CASE WHEN r.next_swap IS DISTINCT FROM 'hold' THEN ''
+                                 WHEN qwen._alter_ready(r) THEN ': held, ready to swap (qwen_alter_finish)'
+                                 ELSE ': held, filling' END) END,
            w.skips
     FROM qwen.registrations r
     CROSS JOIN LATERAL (

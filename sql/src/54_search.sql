@@ -128,7 +128,7 @@ CREATE OR REPLACE FUNCTION @extschema@.qwen_search(
     candidates int DEFAULT 50,
     embedding_column name DEFAULT NULL)
 RETURNS TABLE (key jsonb, score double precision, text text)
-LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE  -- it may write qwen.search_log (58_search_log.sql)
 SET search_path = pg_catalog, pg_temp
 SET hnsw.iterative_scan = relaxed_order
 AS $$
@@ -141,6 +141,8 @@ DECLARE
     stmt text;
     keys jsonb[];
     texts text[];
+    scores double precision[];
+    started_at timestamptz := clock_timestamp();
 BEGIN
     PERFORM qwen._check_k(k, 'k');
     IF rerank THEN
@@ -162,23 +164,21 @@ BEGIN
             USING HINT = 'qwen.worker_url must point at a worker serving the registered model ' || quote_literal(reg.model);
     END IF;
 
-    IF NOT rerank THEN
-        RETURN QUERY EXECUTE stmt USING query_vector, fetch_n, filter;
-        RETURN;
-    END IF;
-
-    -- Two-stage: the nearest candidates, reordered by the reranker in one worker call.
-    -- keys are unique, so (score, key) is a total order and the two arrays stay aligned
-    EXECUTE format('SELECT array_agg(s.key ORDER BY s.score DESC, s.key), array_agg(s.text ORDER BY s.score DESC, s.key)'
-                   ' FROM (%s) AS s(key, score, text)', stmt)
-       INTO keys, texts
+    -- The nearest rows (or candidates), best first: keys are unique, so (score, key) is a total order
+    -- and the arrays stay aligned.
+    EXECUTE format('SELECT array_agg(s.key ORDER BY s.score DESC, s.key), array_agg(s.score ORDER BY s.score DESC, s.key),'
+                   ' array_agg(s.text ORDER BY s.score DESC, s.key) FROM (%s) AS s(key, score, text)', stmt)
+       INTO keys, scores, texts
       USING query_vector, fetch_n, filter;
-    IF keys IS NULL THEN
-        RETURN;
+    IF rerank AND keys IS NOT NULL THEN
+        -- Two-stage: the candidates reordered by the reranker in one worker call.
+        SELECT array_agg(keys[r.index] ORDER BY r.n), array_agg(r.score ORDER BY r.n), array_agg(texts[r.index] ORDER BY r.n)
+          INTO keys, scores, texts
+          FROM @extschema@.qwen_rerank(query, texts, task, k) WITH ORDINALITY AS r(index, score, n);
     END IF;
-    RETURN QUERY
-        SELECT keys[r.index], r.score, texts[r.index]
-          FROM @extschema@.qwen_rerank(query, texts, task, k) AS r;
+    PERFORM qwen._search_log(reg, query, task, k, filter, rerank, started_at, keys, scores);  -- 58_search_log.sql
+    RETURN QUERY SELECT u.key, u.score, u.text FROM unnest(keys, scores, texts) WITH ORDINALITY AS u(key, score, text, n)
+                  ORDER BY u.n;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.qwen_search(text, text, int, regclass, jsonb, boolean, int, name) IS
