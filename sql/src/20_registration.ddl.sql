@@ -38,6 +38,9 @@ CREATE TABLE qwen.registrations (
     alter_started_at    timestamptz,
     created_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
     retry_failed_at     timestamptz,              -- last qwen_retry_failed (its trigger puts parked entries back)
+    -- hybrid search: the full-text configuration of to_tsvector(text_search_config, text_column),
+    -- which the GIN index qwen._text_index_name(id) is built on (qwen_register, qwen_alter)
+    text_search_config  regconfig NOT NULL DEFAULT 'pg_catalog.simple',
     UNIQUE (source, embedding_column),
     CHECK (pg_catalog.cardinality(key_columns) = pg_catalog.cardinality(key_types) AND pg_catalog.cardinality(key_columns) > 0)
 );

@@ -100,6 +100,41 @@ AS $$
                   CASE p_vector_type WHEN 'halfvec' THEN 'halfvec_cosine_ops' ELSE 'vector_cosine_ops' END)
 $$;
 
+-- The full-text GIN index of a registration (hybrid search): on the expression
+-- to_tsvector(<config>, <text column>::text), which qwen._search_hybrid_sql repeats word for word so
+-- that the planner matches it. The configuration is a constant (its quoted name), never a parameter.
+CREATE OR REPLACE FUNCTION qwen._text_index_name(p_id int) RETURNS name
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT format('qwen_%s_fts', p_id)::name $$;
+
+CREATE OR REPLACE FUNCTION qwen._tsvector_sql(p_config regconfig, p_alias text, p_text_column name) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT format('pg_catalog.to_tsvector(%L::pg_catalog.regconfig, %s%I::pg_catalog.text)',
+                  p_config::oid::regconfig::text, coalesce(p_alias || '.', ''), p_text_column)
+$$;
+
+CREATE OR REPLACE FUNCTION qwen._text_index_ddl(r qwen.registrations) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT format('CREATE INDEX IF NOT EXISTS %I ON %s USING gin ((%s))',
+                  qwen._text_index_name(r.id), r.source, qwen._tsvector_sql(r.text_search_config, NULL, r.text_column))
+$$;
+
+CREATE OR REPLACE FUNCTION qwen._drop_text_index(p_id int, p_source regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE format('DROP INDEX IF EXISTS %I.%I',
+                   (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = p_source),
+                   qwen._text_index_name(p_id));
+END
+$$;
+
 -- ---------------------------------------------------------------------------------------------
 
 CREATE OR REPLACE FUNCTION @extschema@.qwen_register(
@@ -108,7 +143,8 @@ CREATE OR REPLACE FUNCTION @extschema@.qwen_register(
     embedding_column name DEFAULT 'embedding',
     model text DEFAULT 'Qwen/Qwen3-Embedding-0.6B',
     dimensions int DEFAULT NULL,
-    index_mode text DEFAULT 'deferred'
+    index_mode text DEFAULT 'deferred',
+    text_search_config regconfig DEFAULT 'pg_catalog.simple'
 ) RETURNS int
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -129,6 +165,10 @@ BEGIN
         RAISE EXCEPTION 'index_mode must be ''immediate'', ''deferred'' or ''none'', got %', coalesce(quote_literal(index_mode), 'NULL')
             USING HINT = '''deferred'' builds the HNSW index once the backfill has finished (fastest).';
     END IF;
+    IF text_search_config IS NULL THEN
+        RAISE EXCEPTION 'text_search_config must not be NULL'
+            USING HINT = 'Pass a text search configuration such as ''simple'' or ''english'' (see \dF).';
+    END IF;
     -- the table, its text column and its keys (the trigger on qwen.registrations checks it again)
     PERFORM qwen._registration_shape(source, text_column);
 
@@ -140,13 +180,13 @@ BEGIN
     WHERE r.source = qwen_register.source AND r.embedding_column = qwen_register.embedding_column;
     IF FOUND THEN
         IF existing.text_column = qwen_register.text_column AND existing.model = qwen_register.model
-           AND existing.dimensions = dims THEN
+           AND existing.dimensions = dims AND existing.text_search_config = qwen_register.text_search_config THEN
             PERFORM qwen._install_triggers(existing.id);  -- idempotent: repairs dropped triggers
             RETURN existing.id;
         END IF;
         RAISE EXCEPTION 'column "%" of table % is already registered (text column "%", model "%", % dimensions)',
             embedding_column, source, existing.text_column, existing.model, existing.dimensions
-            USING HINT = 'Use qwen_alter to change the model or dimensions, or qwen_unregister first.';
+            USING HINT = 'Use qwen_alter to change the model, dimensions or text_search_config, or qwen_unregister first.';
     END IF;
 
     emb_type := qwen._column_type(source, embedding_column);
@@ -160,19 +200,23 @@ BEGIN
     -- The BEFORE trigger on qwen.registrations fills in the keys and the index name from the catalogue;
     -- the AFTER trigger queues every existing row (the backfill).
     INSERT INTO qwen.registrations (source, text_column, embedding_column, model, dimensions, vector_type,
-                                    key_columns, key_types, index_mode)
-    VALUES (source, text_column, embedding_column, model, dims, vtype, '{?}', '{?}', index_mode)
+                                    key_columns, key_types, index_mode, text_search_config)
+    VALUES (source, text_column, embedding_column, model, dims, vtype, '{?}', '{?}', index_mode, text_search_config)
     RETURNING id INTO reg_id;
 
     PERFORM qwen._install_triggers(reg_id);
     IF index_mode = 'immediate' THEN
         EXECUTE qwen._index_ddl(source, embedding_column, vtype, qwen._index_name(reg_id), false);
     END IF;
+    -- the full-text index for hybrid search: PostgreSQL keeps it up to date by itself
+    IF index_mode <> 'none' THEN
+        EXECUTE qwen._text_index_ddl((SELECT r FROM qwen.registrations AS r WHERE r.id = reg_id));
+    END IF;
     RETURN reg_id;
 END
 $$;
-COMMENT ON FUNCTION @extschema@.qwen_register(regclass, name, name, text, int, text) IS
-    'keep text_column of a table embedded in embedding_column; returns the registration id';
+COMMENT ON FUNCTION @extschema@.qwen_register(regclass, name, name, text, int, text, regconfig) IS
+    'keep text_column of a table embedded in embedding_column (and full-text indexed with text_search_config); returns the registration id';
 
 -- The one registration lookup (qwen_search, qwen_alter, qwen_backfill, …): the only registration, or
 -- the one of `p_source` (and `p_embedding_column` when the table has several), with the errors a
@@ -225,6 +269,7 @@ BEGIN
     END IF;
     r := qwen._find_registration(source, embedding_column);
     PERFORM qwen._drop_triggers(r.id);
+    PERFORM qwen._drop_text_index(r.id, r.source);
     IF r.next_column IS NOT NULL THEN
         EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', r.source, r.next_column);
     END IF;
@@ -238,7 +283,8 @@ $$;
 COMMENT ON FUNCTION @extschema@.qwen_unregister(regclass, name, boolean) IS
     'stop embedding a table column: drops the triggers and queue entries (and the column with drop_column)';
 
--- Build a registration's HNSW index now (the worker builds deferred indexes CONCURRENTLY by itself).
+-- Build a registration's HNSW index now (the worker builds deferred indexes CONCURRENTLY by itself),
+-- and its full-text index if it has none (registrations made by 0.1.0, or with index_mode 'none').
 CREATE OR REPLACE FUNCTION @extschema@.qwen_create_index(source regclass, embedding_column name DEFAULT NULL) RETURNS name
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -249,6 +295,7 @@ DECLARE
 BEGIN
     idx := coalesce(r.index_name, qwen._index_name(r.id));
     EXECUTE qwen._index_ddl(r.source, r.embedding_column, r.vector_type, idx, false);
+    EXECUTE qwen._text_index_ddl(r);
     UPDATE qwen.registrations x SET index_name = idx,
            index_mode = CASE WHEN x.index_mode = 'none' THEN 'immediate' ELSE x.index_mode END
     WHERE x.id = r.id;
@@ -262,7 +309,8 @@ CREATE OR REPLACE FUNCTION @extschema@.qwen_alter(
     source regclass,
     model text DEFAULT NULL,
     dimensions int DEFAULT NULL,
-    embedding_column name DEFAULT NULL
+    embedding_column name DEFAULT NULL,
+    text_search_config regconfig DEFAULT NULL
 ) RETURNS int
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -278,6 +326,18 @@ BEGIN
     IF NOT pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = r.source), 'USAGE') THEN
         RAISE EXCEPTION 'must be owner of table % to alter its registration', r.source
             USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF text_search_config IS NOT NULL AND text_search_config <> r.text_search_config THEN
+        -- a new full-text configuration takes effect at once: the index is rebuilt in this transaction
+        PERFORM qwen._drop_text_index(r.id, r.source);
+        UPDATE qwen.registrations x SET text_search_config = qwen_alter.text_search_config WHERE x.id = r.id
+        RETURNING * INTO r;
+        IF r.index_mode <> 'none' THEN
+            EXECUTE qwen._text_index_ddl(r);
+        END IF;
+        IF model IS NULL AND dimensions IS NULL THEN
+            RETURN r.id;
+        END IF;
     END IF;
     dims := qwen._resolve_dimensions(new_model, CASE WHEN dimensions IS NULL AND new_model = r.model
                                                      THEN r.dimensions ELSE dimensions END);
@@ -305,8 +365,8 @@ BEGIN
     RETURN r.id;
 END
 $$;
-COMMENT ON FUNCTION @extschema@.qwen_alter(regclass, text, int, name) IS
-    're-embed a registration with another model or dimensions; searches use the old vectors until the swap';
+COMMENT ON FUNCTION @extschema@.qwen_alter(regclass, text, int, name, regconfig) IS
+    're-embed a registration with another model or dimensions (searches use the old vectors until the swap), or change its text_search_config';
 
 -- Forget registrations of dropped tables.
 CREATE OR REPLACE FUNCTION qwen._on_sql_drop() RETURNS event_trigger
