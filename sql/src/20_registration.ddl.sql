@@ -41,6 +41,11 @@ CREATE TABLE qwen.registrations (
     -- hybrid search: the full-text configuration of to_tsvector(text_search_config, text_column),
     -- which the GIN index qwen._text_index_name(id) is built on (qwen_register, qwen_alter)
     text_search_config  regconfig NOT NULL DEFAULT 'pg_catalog.simple',
+    -- chunked registrations (chunk_tokens not NULL): the worker cuts each text into windows of at most
+    -- chunk_tokens model tokens overlapping by chunk_overlap, kept in qwen.chunks_<id> (26_chunks.sql)
+    chunk_tokens        int CHECK (chunk_tokens BETWEEN 16 AND 32768),
+    chunk_overlap       int NOT NULL DEFAULT 0 CHECK (chunk_overlap >= 0),
+    CONSTRAINT registrations_chunk_overlap_fits CHECK (chunk_tokens IS NULL OR chunk_overlap <= chunk_tokens / 2),
     UNIQUE (source, embedding_column),
     CHECK (pg_catalog.cardinality(key_columns) = pg_catalog.cardinality(key_types) AND pg_catalog.cardinality(key_columns) > 0)
 );

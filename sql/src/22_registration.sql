@@ -135,6 +135,23 @@ BEGIN
 END
 $$;
 
+-- chunk_tokens NULL: no chunking; else 16 … 32768 tokens, overlapping by at most half of it.
+CREATE OR REPLACE FUNCTION qwen._check_chunking(p_tokens int, p_overlap int) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_tokens IS NOT NULL AND (p_tokens < 16 OR p_tokens > 32768) THEN
+        RAISE EXCEPTION 'chunk_tokens must be between 16 and 32768, got %', p_tokens
+            USING HINT = 'chunk_tokens is the most model tokens a chunk holds (e.g. 512); NULL means one vector per row.';
+    END IF;
+    IF p_overlap IS NULL OR p_overlap < 0 OR p_tokens IS NOT NULL AND p_overlap > p_tokens / 2 THEN
+        RAISE EXCEPTION 'chunk_overlap must be between 0 and half of chunk_tokens, got %', coalesce(p_overlap::text, 'NULL')
+            USING HINT = 'chunk_overlap is how many tokens consecutive chunks share (e.g. 64 for chunk_tokens => 512).';
+    END IF;
+END
+$$;
+
 -- ---------------------------------------------------------------------------------------------
 
 CREATE OR REPLACE FUNCTION @extschema@.qwen_register(
@@ -144,7 +161,9 @@ CREATE OR REPLACE FUNCTION @extschema@.qwen_register(
     model text DEFAULT 'Qwen/Qwen3-Embedding-0.6B',
     dimensions int DEFAULT NULL,
     index_mode text DEFAULT 'deferred',
-    text_search_config regconfig DEFAULT 'pg_catalog.simple'
+    text_search_config regconfig DEFAULT 'pg_catalog.simple',
+    chunk_tokens int DEFAULT NULL,
+    chunk_overlap int DEFAULT 0
 ) RETURNS int
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -169,6 +188,7 @@ BEGIN
         RAISE EXCEPTION 'text_search_config must not be NULL'
             USING HINT = 'Pass a text search configuration such as ''simple'' or ''english'' (see \dF).';
     END IF;
+    PERFORM qwen._check_chunking(chunk_tokens, chunk_overlap);
     -- the table, its text column and its keys (the trigger on qwen.registrations checks it again)
     PERFORM qwen._registration_shape(source, text_column);
 
@@ -180,7 +200,12 @@ BEGIN
     WHERE r.source = qwen_register.source AND r.embedding_column = qwen_register.embedding_column;
     IF FOUND THEN
         IF existing.text_column = qwen_register.text_column AND existing.model = qwen_register.model
-           AND existing.dimensions = dims AND existing.text_search_config = qwen_register.text_search_config THEN
+           AND existing.dimensions = dims AND existing.text_search_config = qwen_register.text_search_config
+           AND existing.chunk_tokens IS NOT DISTINCT FROM qwen_register.chunk_tokens
+           AND existing.chunk_overlap = qwen_register.chunk_overlap THEN
+            IF existing.chunk_tokens IS NOT NULL THEN
+                PERFORM qwen._install_chunk_triggers(existing.id);
+            END IF;
             PERFORM qwen._install_triggers(existing.id);  -- idempotent: repairs dropped triggers
             RETURN existing.id;
         END IF;
@@ -200,9 +225,14 @@ BEGIN
     -- The BEFORE trigger on qwen.registrations fills in the keys and the index name from the catalogue;
     -- the AFTER trigger queues every existing row (the backfill).
     INSERT INTO qwen.registrations (source, text_column, embedding_column, model, dimensions, vector_type,
-                                    key_columns, key_types, index_mode, text_search_config)
-    VALUES (source, text_column, embedding_column, model, dims, vtype, '{?}', '{?}', index_mode, text_search_config)
+                                    key_columns, key_types, index_mode, text_search_config, chunk_tokens, chunk_overlap)
+    VALUES (source, text_column, embedding_column, model, dims, vtype, '{?}', '{?}', index_mode, text_search_config,
+            chunk_tokens, chunk_overlap)
     RETURNING id INTO reg_id;
+    IF chunk_tokens IS NOT NULL THEN
+        PERFORM qwen._create_chunk_table(reg_id);
+        PERFORM qwen._install_chunk_triggers(reg_id);
+    END IF;
 
     PERFORM qwen._install_triggers(reg_id);
     IF index_mode = 'immediate' THEN
@@ -215,7 +245,7 @@ BEGIN
     RETURN reg_id;
 END
 $$;
-COMMENT ON FUNCTION @extschema@.qwen_register(regclass, name, name, text, int, text, regconfig) IS
+COMMENT ON FUNCTION @extschema@.qwen_register(regclass, name, name, text, int, text, regconfig, int, int) IS
     'keep text_column of a table embedded in embedding_column (and full-text indexed with text_search_config); returns the registration id';
 
 -- The one registration lookup (qwen_search, qwen_alter, qwen_backfill, …): the only registration, or
@@ -270,6 +300,7 @@ BEGIN
     r := qwen._find_registration(source, embedding_column);
     PERFORM qwen._drop_triggers(r.id);
     PERFORM qwen._drop_text_index(r.id, r.source);
+    PERFORM qwen._drop_chunk_triggers(r.id, r.source);  -- the chunk table goes with the registration row
     IF r.next_column IS NOT NULL THEN
         EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', r.source, r.next_column);
     END IF;
@@ -310,7 +341,9 @@ CREATE OR REPLACE FUNCTION @extschema@.qwen_alter(
     model text DEFAULT NULL,
     dimensions int DEFAULT NULL,
     embedding_column name DEFAULT NULL,
-    text_search_config regconfig DEFAULT NULL
+    text_search_config regconfig DEFAULT NULL,
+    chunk_tokens int DEFAULT NULL,
+    chunk_overlap int DEFAULT NULL
 ) RETURNS int
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -335,9 +368,36 @@ BEGIN
         IF r.index_mode <> 'none' THEN
             EXECUTE qwen._text_index_ddl(r);
         END IF;
-        IF model IS NULL AND dimensions IS NULL THEN
+        IF model IS NULL AND dimensions IS NULL AND chunk_tokens IS NULL AND chunk_overlap IS NULL THEN
             RETURN r.id;
         END IF;
+    END IF;
+    IF chunk_tokens IS NOT NULL OR chunk_overlap IS NOT NULL THEN
+        IF model IS NOT NULL OR dimensions IS NOT NULL THEN
+            RAISE EXCEPTION 'qwen_alter changes the chunking or the model, not both at once'
+                USING HINT = 'Call qwen_alter twice.';
+        END IF;
+        IF coalesce(chunk_tokens, r.chunk_tokens) IS NULL THEN
+            RAISE EXCEPTION 'registration % is not chunked: chunk_overlap needs chunk_tokens', r.id
+                USING HINT = 'Pass chunk_tokens => N as well.';
+        END IF;
+        PERFORM qwen._check_chunking(coalesce(chunk_tokens, r.chunk_tokens), coalesce(chunk_overlap, r.chunk_overlap));
+        IF (coalesce(chunk_tokens, r.chunk_tokens), coalesce(chunk_overlap, r.chunk_overlap))
+           IS NOT DISTINCT FROM (r.chunk_tokens, r.chunk_overlap) THEN
+            RETURN r.id;
+        END IF;
+        -- every row is chunked again; its old chunks stay searchable until its new ones replace them
+        UPDATE qwen.registrations x SET chunk_tokens = coalesce(qwen_alter.chunk_tokens, r.chunk_tokens),
+               chunk_overlap = coalesce(qwen_alter.chunk_overlap, r.chunk_overlap)
+         WHERE x.id = r.id;
+        PERFORM qwen._create_chunk_table(r.id);
+        PERFORM qwen._install_chunk_triggers(r.id);
+        PERFORM @extschema@.qwen_backfill(r.source, r.embedding_column);
+        RETURN r.id;
+    END IF;
+    IF r.chunk_tokens IS NOT NULL THEN
+        RAISE EXCEPTION 'registration % is chunked: its model and dimensions cannot be altered', r.id
+            USING HINT = 'qwen_unregister it and qwen_register it again with the new model.';
     END IF;
     dims := qwen._resolve_dimensions(new_model, CASE WHEN dimensions IS NULL AND new_model = r.model
                                                      THEN r.dimensions ELSE dimensions END);
@@ -365,8 +425,8 @@ BEGIN
     RETURN r.id;
 END
 $$;
-COMMENT ON FUNCTION @extschema@.qwen_alter(regclass, text, int, name, regconfig) IS
-    're-embed a registration with another model or dimensions (searches use the old vectors until the swap), or change its text_search_config';
+COMMENT ON FUNCTION @extschema@.qwen_alter(regclass, text, int, name, regconfig, int, int) IS
+    're-embed a registration with another model or dimensions (searches use the old vectors until the swap), or change its text_search_config or chunking';
 
 -- Forget registrations of dropped tables.
 CREATE OR REPLACE FUNCTION qwen._on_sql_drop() RETURNS event_trigger

@@ -49,6 +49,44 @@ BEGIN
 END
 $$;
 
+-- The vector list of a search, as the caller: a subquery of (key, text, distance), the $<p_limit> nearest
+-- rows with the filter ($3) applied, in no particular order (callers sort by distance, key). The ORDER BY
+-- is the index's operator on the bare column, so the HNSW index serves it; the MATERIALIZED CTE keeps
+-- the LIMIT inside, and callers restore the exact order that relaxed_order iterative scans may loosen.
+-- A chunked registration searches its chunk table, joined to the source table (so the source's
+-- privileges, policies and filter apply, and only chunks of the row's current text count): the
+-- nearest 10 × limit chunks, then each row once, with its best chunk as text and distance.
+CREATE OR REPLACE FUNCTION qwen._vector_list_sql(reg qwen.registrations, p_filter jsonb, p_limit text) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN reg.chunk_tokens IS NULL THEN format(
+        '(SELECT jsonb_build_object(%1$s) AS key, t.%2$I::text AS text, t.%3$I OPERATOR(@extschema:vector@.<=>) $1::@extschema:vector@.%4$s AS distance'
+        '    FROM %5$s AS t'
+        '   WHERE t.%3$I IS NOT NULL%6$s'
+        '   ORDER BY t.%3$I OPERATOR(@extschema:vector@.<=>) $1::@extschema:vector@.%4$s'
+        '   LIMIT %7$s)',
+        keys, reg.text_column, reg.embedding_column, reg.vector_type, reg.source, filter_sql, p_limit)
+    ELSE format(
+        '(SELECT b.key, b.text, b.distance FROM ('
+        '  SELECT DISTINCT ON (c.key) c.key, substr(c.body, c.start_char + 1, c.end_char - c.start_char) AS text, c.distance'
+        '    FROM (SELECT jsonb_build_object(%1$s) AS key, t.%2$I::text AS body, ch.start_char, ch.end_char,'
+        '                 ch.embedding OPERATOR(@extschema:vector@.<=>) $1::@extschema:vector@.%4$s AS distance'
+        '            FROM qwen.%3$I AS ch JOIN %5$s AS t ON %8$s'
+        '           WHERE true%6$s'
+        '           ORDER BY ch.embedding OPERATOR(@extschema:vector@.<=>) $1::@extschema:vector@.%4$s'
+        '           LIMIT 10 * %7$s) AS c'
+        '   ORDER BY c.key, c.distance, c.start_char) AS b'
+        '  ORDER BY b.distance, b.key'
+        '  LIMIT %7$s)',
+        keys, reg.text_column, qwen._chunk_table(reg.id), reg.vector_type, reg.source, filter_sql, p_limit,
+        qwen._chunk_match_sql(reg, 'ch', 't'))
+    END
+      FROM (SELECT (SELECT string_agg(format('%L, t.%I', kc, kc), ', ' ORDER BY i)
+                      FROM unnest(reg.key_columns) WITH ORDINALITY AS u(kc, i)) AS keys,
+                   qwen._search_filter_sql(reg.source, p_filter, 3) AS filter_sql) AS x
+$$;
+
 -- The registration to search, checked, and the statement that searches it as the caller:
 -- $1 query vector, $2 how many, $3 filter. Shared by qwen_search and qwen_search_vector.
 CREATE OR REPLACE FUNCTION qwen._search_prepare(p_source regclass, p_embedding_column name, p_filter jsonb,
@@ -86,22 +124,9 @@ BEGIN
             USING HINT = 'The column was changed outside qwen; re-register the table (qwen_unregister, qwen_register).';
     END IF;
 
-    -- The ORDER BY is the index's operator on the bare column, so the HNSW index serves it; the
-    -- MATERIALIZED CTE then restores the exact order that relaxed_order iterative scans may loosen.
-    stmt := format(
-        'WITH c AS MATERIALIZED ('
-        '  SELECT jsonb_build_object(%s) AS key, t.%I::text AS text, t.%I OPERATOR(@extschema:vector@.<=>) $1::@extschema:vector@.%s AS distance'
-        '    FROM %s AS t'
-        '   WHERE t.%I IS NOT NULL%s'
-        '   ORDER BY t.%I OPERATOR(@extschema:vector@.<=>) $1::@extschema:vector@.%s'
-        '   LIMIT $2)'
-        ' SELECT c.key, 1 - c.distance, c.text FROM c ORDER BY c.distance',
-        (SELECT string_agg(format('%L, t.%I', kc, kc), ', ' ORDER BY i)
-           FROM unnest(reg.key_columns) WITH ORDINALITY AS u(kc, i)),
-        reg.text_column, reg.embedding_column, reg.vector_type,
-        reg.source,
-        reg.embedding_column, qwen._search_filter_sql(reg.source, p_filter, 3),
-        reg.embedding_column, reg.vector_type);
+    -- (a DISTINCT ON over the best chunks cannot keep the k nearest in order: the final sort does)
+    stmt := format('WITH c AS MATERIALIZED %s SELECT c.key, 1 - c.distance, c.text FROM c ORDER BY c.distance, c.key',
+                   qwen._vector_list_sql(reg, p_filter, '$2'));
 END
 $$;
 
@@ -142,12 +167,7 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT format(
-        'WITH v AS MATERIALIZED ('
-        '  SELECT jsonb_build_object(%1$s) AS key, t.%2$I::text AS text, t.%3$I OPERATOR(@extschema:vector@.<=>) $1::@extschema:vector@.%4$s AS distance'
-        '    FROM %5$s AS t'
-        '   WHERE t.%3$I IS NOT NULL%6$s'
-        '   ORDER BY t.%3$I OPERATOR(@extschema:vector@.<=>) $1::@extschema:vector@.%4$s'
-        '   LIMIT $5),'
+        'WITH v AS MATERIALIZED %8$s,'
         ' vr AS (SELECT v.key, v.text, row_number() OVER (ORDER BY v.distance, v.key) AS rank FROM v),'
         ' f AS MATERIALIZED ('
         '  SELECT jsonb_build_object(%1$s) AS key, t.%2$I::text AS text, pg_catalog.ts_rank_cd(%7$s, $4) AS rank'
@@ -167,7 +187,8 @@ AS $$
         reg.text_column, reg.embedding_column, reg.vector_type,
         reg.source,
         qwen._search_filter_sql(reg.source, p_filter, 3),
-        qwen._tsvector_sql(reg.text_search_config, 't', reg.text_column))
+        qwen._tsvector_sql(reg.text_search_config, 't', reg.text_column),
+        qwen._vector_list_sql(reg, p_filter, '$5'))
 $$;
 
 -- The hybrid arguments, checked: rrf_k and the two weights (vector, text).

@@ -8,3 +8,8 @@ DROP FUNCTION @extschema@.qwen_register(regclass, name, name, text, int, text);
 DROP FUNCTION @extschema@.qwen_alter(regclass, text, int, name);
 DROP FUNCTION @extschema@.qwen_search(text, text, int, regclass, jsonb, boolean, int, name);
 DROP FUNCTION @extschema@.qwen_search_vector(@extschema:vector@.vector, int, regclass, jsonb, name);
+
+-- Chunked registrations (26_chunks.sql).
+ALTER TABLE qwen.registrations ADD COLUMN chunk_tokens int CHECK (chunk_tokens BETWEEN 16 AND 32768),
+    ADD COLUMN chunk_overlap int NOT NULL DEFAULT 0 CHECK (chunk_overlap >= 0),
+    ADD CONSTRAINT registrations_chunk_overlap_fits CHECK (chunk_tokens IS NULL OR chunk_overlap <= chunk_tokens / 2);
