@@ -116,8 +116,9 @@ _tokenizers: dict[str, Any] = {}
 
 
 def tokenizer_for(backend: Any) -> Any:
-    """The backend's own tokenizer (the transformers backend holds it), else the model's tokenizer files."""
-    own = getattr(backend, "tokenizer", None)
+    """The backend's own tokenizer (the transformers and sentence-transformers backends hold one), else the
+    model's tokenizer files."""
+    own = getattr(backend, "tokenizer", None) or getattr(getattr(backend, "st", None), "tokenizer", None)
     if own is not None:
         return own
     name = backend.info.name
