@@ -9,7 +9,8 @@ query vector comes from the same model in this process instead of through the re
 Usage:
     .venv/bin/python bench/bench_quality.py [--dsn DSN] [--chunk-tokens 128] [--chunk-overlap 16]
 
-Without --dsn a private embedded PostgreSQL is started in a temporary directory. Prints a Markdown table.
+Without --dsn a private embedded PostgreSQL is started in a temporary directory. Prints a Markdown table;
+QWEN_BENCH_VERBOSE=1 also prints each query a mode does not answer first.
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                         (vector, column, query, hybrid))]
                     for c in cutoffs:
                         scores[name][c].append(ndcg_at(ranked, grades, c))
+                    if os.environ.get("QWEN_BENCH_VERBOSE") and ndcg_at(ranked, grades, 1) < 1:
+                        print(f"{name}: {query!r} -> {ranked[:3]}")
         print(f"{len(DOCS)} documents of {min(lengths)}-{max(lengths)} tokens (the model reads "
               f"{backend.info.max_length}), "
               f"{len(QUERIES)} queries, {chunks} chunks of <= {args.chunk_tokens} tokens "
