@@ -314,3 +314,31 @@ def test_the_orm_column_and_the_alembic_op_carry_the_chunking(worker_db, tiny_mo
     assert (spec.chunk_tokens, spec.chunk_overlap, spec.text_search_config) == (256, 32, "english")
     op = CreateQwenEmbeddingOp("long_docs", "body", model="m", dimensions=DIMS, chunk_tokens=256, chunk_overlap=32)
     assert (op.to_spec().chunk_tokens, op.to_spec().chunk_overlap) == (256, 32)
+
+
+def test_the_rag_example_runs(worker_db, tiny_models, tiny_embedder):
+    """docs/RAG_EXAMPLE.md's SQL: its table, a chunked hybrid registration (the tiny model instead of the
+    default one), and its recall + rerank and context queries verbatim."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "RAG_EXAMPLE.md").read_text()
+    sql = re.search(r"```sql\n(.*?)```", doc, re.S).group(1)
+    statements = [s.strip() for s in re.sub(r"(?m)(^|\s)-- .*$", "", sql).split(";") if s.strip()]
+    create, register, _insert, recall, context = statements
+    assert create.startswith("CREATE TABLE manuals") and "qwen_register('manuals'" in register
+    conn = connect(worker_db)
+    conn.execute(create)
+    conn.execute(register.replace("qwen_register('manuals', 'body',",
+                                  f"qwen_register('manuals', 'body', model => '{tiny_models.embed}', dimensions => "
+                                  f"{DIMS},").replace("chunk_tokens => 512", "chunk_tokens => 32")
+                 .replace("chunk_overlap => 64", "chunk_overlap => 4"))
+    conn.cursor().executemany("INSERT INTO manuals (title, product, body) VALUES (%s, %s, %s)",
+                              [("Pump X200 service manual", "X200", ENGLISH), ("Pump X300 notes", "X300", CHINESE),
+                               ("Seal kit", "X200", "After replacing the seal, error E42 means air in the pump.")])
+    run_until_idle(worker_db, tiny_embedder, model=str(tiny_models.embed))
+    hits = conn.execute(recall).fetchall()
+    assert {h[0] for h in hits} == {"1", "3"}  # the filter keeps product X200
+    (text,) = conn.execute(context).fetchone()
+    assert "[Seal kit] After replacing the seal" in text
+    conn.close()
