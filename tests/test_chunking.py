@@ -241,6 +241,9 @@ def test_filters_rls_and_grants_hold_on_chunks(chunked, worker_db, make_role, ti
     rows = conn.execute("SELECT key FROM qwen_search('capital', 'question', 10, filter => '{\"owner\": \"bob\"}')"
                         ).fetchall()
     assert [r[0] for r in rows] == [{"id": 2}]
+    rows = conn.execute("SELECT key FROM qwen_search('北京是中国的首都', 'question', 10, hybrid => true, "
+                        "filter => '{\"owner\": \"alice\"}')").fetchall()
+    assert sorted(r[0]["id"] for r in rows) == [1, 3]
     stranger = make_role("stranger")
     with psycopg.connect(dsn_as(worker_db, stranger)) as c, pytest.raises(psycopg.errors.InsufficientPrivilege):
         c.execute(f"SELECT * FROM qwen.chunks_{reg}").fetchall()  # no SELECT on docs: no chunks either
@@ -252,6 +255,10 @@ def test_filters_rls_and_grants_hold_on_chunks(chunked, worker_db, make_role, ti
         keys = {k[0] for (k,) in c.execute(f"SELECT key FROM qwen.chunks_{reg}")}
         assert keys == {"1", "3"}
         found = c.execute("SELECT key FROM qwen_search('capital', 'question', 10)").fetchall()
+        assert sorted(r[0]["id"] for r in found) == [1, 3]
+        # hybrid: bob's Chinese row matches the words, but neither list may show it to alice
+        found = c.execute("SELECT key FROM qwen_search('北京是中国的首都 drink', 'question', 10, hybrid => true)"
+                          ).fetchall()
         assert sorted(r[0]["id"] for r in found) == [1, 3]
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             c.execute(f"DELETE FROM qwen.chunks_{reg}")
