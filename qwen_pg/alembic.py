@@ -1,8 +1,9 @@
 """Alembic integration. Importing this module registers:
 
 - operations `op.create_qwen_embedding(table_name, text_column, embedding_column="embedding", model=…,
-  dimensions=None, schema=None, index_mode="deferred")` and `op.drop_qwen_embedding(table_name,
-  embedding_column="embedding", schema=None)` — each the other's downgrade;
+  dimensions=None, schema=None, index_mode="deferred", text_search_config="simple", chunk_tokens=None,
+  chunk_overlap=0)` and
+  `op.drop_qwen_embedding(table_name, embedding_column="embedding", schema=None)` — each the other's downgrade;
 - an autogenerate comparator: an embedding declared with `qwen_pg.orm.embedding_column` but not
   registered in the database yields `create_qwen_embedding`; a registration with no declaration (on a
   table the metadata knows) yields `drop_qwen_embedding`;
@@ -39,7 +40,8 @@ class CreateQwenEmbeddingOp(MigrateOperation):
 
     def __init__(self, table_name: str, text_column: str, embedding_column: str = "embedding", *,
                  model: str = orm.DEFAULT_MODEL, dimensions: int | None = None, schema: str | None = None,
-                 index_mode: str = "deferred") -> None:
+                 index_mode: str = "deferred", text_search_config: str = "simple", chunk_tokens: int | None = None,
+                 chunk_overlap: int = 0) -> None:
         self.table_name = table_name
         self.text_column = text_column
         self.embedding_column = embedding_column
@@ -47,6 +49,9 @@ class CreateQwenEmbeddingOp(MigrateOperation):
         self.dimensions = dimensions
         self.schema = schema
         self.index_mode = index_mode
+        self.text_search_config = text_search_config
+        self.chunk_tokens = chunk_tokens
+        self.chunk_overlap = chunk_overlap
 
     @classmethod
     def create_qwen_embedding(cls, operations: Operations, table_name: str, text_column: str,
@@ -61,6 +66,8 @@ class CreateQwenEmbeddingOp(MigrateOperation):
             table=self.table_name, schema=self.schema, text_column=self.text_column,
             embedding_column=self.embedding_column, model=self.model,
             dimensions=orm.resolve_dimensions(self.model, self.dimensions), index_mode=self.index_mode,
+            text_search_config=self.text_search_config, chunk_tokens=self.chunk_tokens,
+            chunk_overlap=self.chunk_overlap,
         )
 
 
@@ -130,13 +137,16 @@ def _compare_qwen_embeddings(autogen_context: AutogenContext, upgrade_ops: Upgra
             upgrade_ops.ops.append(CreateQwenEmbeddingOp(
                 spec.table, spec.text_column, spec.embedding_column, model=spec.model,
                 dimensions=spec.dimensions, schema=spec.schema, index_mode=spec.index_mode,
+                text_search_config=spec.text_search_config, chunk_tokens=spec.chunk_tokens,
+                chunk_overlap=spec.chunk_overlap,
             ))
     for key, spec in in_db.items():
         if key not in declared and key[:2] in known_tables:
             create = CreateQwenEmbeddingOp(
                 spec.table, spec.text_column, spec.embedding_column, model=spec.model,
                 dimensions=spec.dimensions, schema=None if spec.schema == default_schema else spec.schema,
-                index_mode=spec.index_mode,
+                index_mode=spec.index_mode, text_search_config=spec.text_search_config,
+                chunk_tokens=spec.chunk_tokens, chunk_overlap=spec.chunk_overlap,
             )
             upgrade_ops.ops.append(create.reverse())
 
@@ -153,6 +163,11 @@ def _render_create(autogen_context: AutogenContext, op: CreateQwenEmbeddingOp) -
         extra["schema"] = op.schema
     if op.index_mode != "deferred":
         extra["index_mode"] = op.index_mode
+    if op.text_search_config != "simple":
+        extra["text_search_config"] = op.text_search_config
+    if op.chunk_tokens is not None:
+        extra["chunk_tokens"] = op.chunk_tokens
+        extra["chunk_overlap"] = op.chunk_overlap
     return (f"op.create_qwen_embedding({op.table_name!r}, {op.text_column!r}, {op.embedding_column!r}, "
             f"{_render_args(**extra)})")
 

@@ -104,8 +104,10 @@ def _registration(conn: psycopg.Connection, source: str | None, embedding_column
 
 def search(conn: psycopg.Connection, worker: WorkerClient, query: str, task: str | None = DEFAULT_SEARCH_TASK,
            k: int = 10, *, source: str | None = None, filter: dict[str, Any] | None = None, rerank: bool = False,
-           candidates: int = 50, embedding_column: str | None = None) -> list[SearchResult]:
-    """`qwen_search(query, task, k, source, filter, rerank, candidates, embedding_column)`, app-side."""
+           candidates: int = 50, embedding_column: str | None = None, hybrid: bool = False, rrf_k: int = 60,
+           weights: Sequence[float] | None = None) -> list[SearchResult]:
+    """`qwen_search(query, task, k, source, filter, rerank, candidates, embedding_column, hybrid, rrf_k,
+    weights)`, app-side."""
     if query is None:
         return []
     table, model, dimensions, _vector_type = _registration(conn, source, embedding_column)
@@ -115,9 +117,11 @@ def search(conn: psycopg.Connection, worker: WorkerClient, query: str, task: str
     # is imposed on the caller's connection, and search_path does not matter
     vector_type = sql.SQL("{}.vector").format(sql.Identifier(_vector_schema(conn)))
     rows = conn.execute(
-        sql.SQL("SELECT key, score, text FROM qwen_search_vector(%s::text::{}, %s, %s::regclass, %s, %s::name)")
+        sql.SQL("SELECT key, score, text FROM qwen_search_vector(%s::text::{}, %s, %s::regclass, %s, %s::name, "
+                "query => %s, hybrid => %s, candidates => %s, rrf_k => %s, weights => %s::float8[])")
         .format(vector_type),
-        (value, fetch, table, Jsonb(filter) if filter is not None else None, embedding_column),
+        (value, fetch, table, Jsonb(filter) if filter is not None else None, embedding_column,
+         query, hybrid, candidates, rrf_k, list(weights) if weights is not None else None),
     ).fetchall()
     hits = [SearchResult(key=r[0], score=float(r[1]), text=r[2]) for r in rows]
     if not rerank or not hits:

@@ -47,6 +47,9 @@ class EmbeddingSpec:
     model: str
     dimensions: int
     index_mode: str = "deferred"
+    text_search_config: str = "simple"
+    chunk_tokens: int | None = None
+    chunk_overlap: int = 0
 
     @property
     def qualified_table(self) -> str:
@@ -74,12 +77,19 @@ def embedding_column(
     model: str = DEFAULT_MODEL,
     dimensions: int | None = None,
     index_mode: str = "deferred",
+    text_search_config: str = "simple",
+    chunk_tokens: int | None = None,
+    chunk_overlap: int = 0,
     **kwargs: Any,
 ) -> MappedColumn[Any]:
-    """A nullable vector column kept in step with `text_column` by the qwen worker."""
+    """A nullable vector column kept in step with `text_column` by the qwen worker (and `text_column`
+    full-text indexed with `text_search_config`, for hybrid search); with `chunk_tokens` the worker also
+    keeps token-exact chunks of the text (`chunk_overlap` tokens shared by neighbours) for chunked search."""
     dims = resolve_dimensions(model, dimensions)
     info = dict(kwargs.pop("info", {}) or {})
-    info[INFO_KEY] = {"text_column": text_column, "model": model, "dimensions": dims, "index_mode": index_mode}
+    info[INFO_KEY] = {"text_column": text_column, "model": model, "dimensions": dims, "index_mode": index_mode,
+                      "text_search_config": text_search_config, "chunk_tokens": chunk_tokens,
+                      "chunk_overlap": chunk_overlap}
     return mapped_column(vector_type_for(dims), nullable=True, info=info, **kwargs)
 
 
@@ -104,6 +114,9 @@ def spec_for(table: Table, column: Column[Any]) -> EmbeddingSpec | None:
         model=info["model"],
         dimensions=int(info["dimensions"]),
         index_mode=info.get("index_mode", "deferred"),
+        text_search_config=info.get("text_search_config", "simple"),
+        chunk_tokens=info.get("chunk_tokens"),
+        chunk_overlap=int(info.get("chunk_overlap", 0)),
     )
 
 
@@ -111,7 +124,8 @@ def register_sql(spec: EmbeddingSpec) -> tuple[str, dict[str, Any]]:
     """The qwen_register call for a spec, with bound values (identifiers are quoted by the extension)."""
     return (
         "SELECT qwen_register(CAST(:source AS regclass), CAST(:text_column AS name), "
-        "CAST(:embedding_column AS name), :model, :dimensions, :index_mode)",
+        "CAST(:embedding_column AS name), :model, :dimensions, :index_mode, "
+        "CAST(:text_search_config AS regconfig), :chunk_tokens, :chunk_overlap)",
         {
             "source": _regclass_literal(spec.table, spec.schema),
             "text_column": spec.text_column,
@@ -119,6 +133,9 @@ def register_sql(spec: EmbeddingSpec) -> tuple[str, dict[str, Any]]:
             "model": spec.model,
             "dimensions": spec.dimensions,
             "index_mode": spec.index_mode,
+            "text_search_config": spec.text_search_config,
+            "chunk_tokens": spec.chunk_tokens,
+            "chunk_overlap": spec.chunk_overlap,
         },
     )
 
@@ -168,10 +185,12 @@ def qwen_embed(input: str | ColumnElement[Any], task: str | None = None, *, dime
 
 
 def qwen_search(query: str, task: str | None = "web_search", k: int = 10, *, source: str | None = None,
-                filter: dict[str, Any] | None = None, rerank: bool = False, candidates: int = 50) -> Any:
+                filter: dict[str, Any] | None = None, rerank: bool = False, candidates: int = 50,
+                embedding_column: str | None = None, hybrid: bool = False, rrf_k: int = 60,
+                weights: Sequence[float] | None = None) -> Any:
     """`qwen_search(...)` as a table-valued function with columns key (jsonb), score, text:
 
-        rows = session.execute(select(qwen_search("capital of China", k=5))).all()
+        rows = session.execute(select(qwen_search("capital of China", k=5, hybrid=True))).all()
     """
     fn = func.qwen_search(
         query,
@@ -181,6 +200,10 @@ def qwen_search(query: str, task: str | None = "web_search", k: int = 10, *, sou
         literal(filter, JSONB(none_as_null=True)),
         literal(rerank, Boolean()),
         literal(candidates, Integer()),
+        cast(literal(embedding_column, String()), Name()),
+        literal(hybrid, Boolean()),
+        literal(rrf_k, Integer()),
+        literal(list(weights) if weights is not None else None, ARRAY(Float())),
     )
     return fn.table_valued(Column("key", JSONB()), Column("score", Float()), Column("text", String()))
 
@@ -210,16 +233,27 @@ class RegClass(UserDefinedType):
         return "regclass"
 
 
+class Name(UserDefinedType):
+    """PostgreSQL's name (an identifier, quoted by the extension where it is used)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "name"
+
+
 def registered_embeddings(connection: Connection) -> list[EmbeddingSpec]:
     """The registrations in the database, as specs (for comparisons with the declared ones)."""
     rows = connection.execute(select(text(
-        "n.nspname, c.relname, r.text_column, r.embedding_column, r.model, r.dimensions, r.index_mode "
+        "n.nspname, c.relname, r.text_column, r.embedding_column, r.model, r.dimensions, r.index_mode, "
+        "r.text_search_config::text, r.chunk_tokens, r.chunk_overlap "
         "FROM qwen.registrations r JOIN pg_catalog.pg_class c ON c.oid = r.source "
         "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace ORDER BY r.id"
     ))).all()
     return [
         EmbeddingSpec(table=r[1], schema=r[0], text_column=r[2], embedding_column=r[3], model=r[4],
-                      dimensions=r[5], index_mode=r[6])
+                      dimensions=r[5], index_mode=r[6], text_search_config=r[7],
+                      chunk_tokens=r[8], chunk_overlap=r[9])
         for r in rows
     ]
 

@@ -30,6 +30,8 @@ class Claim:
     versions: list[int] = field(default_factory=list)
     texts: list[str | None] = field(default_factory=list)
     hashes: list[str | None] = field(default_factory=list)
+    chunk_tokens: int | None = None  # a chunked registration: its texts are cut (chunking.py)
+    chunk_overlap: int = 0
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -62,9 +64,14 @@ def claim(conn: psycopg.Connection, target: Target, worker_id: int, limit: int, 
             "SELECT key, version, body, body_hash, model, dimensions FROM qwen.claim(%s, %s::smallint, %s, %s, %s)",
             (target.registration_id, target.target, worker_id, limit, lease),
         ).fetchall()
+        chunking = conn.execute(
+            "SELECT chunk_tokens, chunk_overlap FROM qwen.registrations WHERE id = %s AND %s = 0",
+            (target.registration_id, target.target)).fetchone() if rows else None
     if not rows:
         return None
     batch = Claim(target=target, model=rows[0][4], dimensions=rows[0][5])
+    if chunking is not None and chunking[0] is not None:
+        batch.chunk_tokens, batch.chunk_overlap = chunking
     for key, version, body, body_hash, _model, _dims in rows:
         batch.keys.append(key)
         batch.versions.append(version)

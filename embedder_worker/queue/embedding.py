@@ -12,6 +12,7 @@ import numpy as np
 
 from embedder_worker.model.backend import EmbeddingBackend
 
+from . import chunking
 from .claims import Claim
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,9 @@ class EmbeddedBatch:
     vectors: list[np.ndarray | None]  # None: clear the vector (no text), or the row failed
     errors: dict[int, str] = field(default_factory=dict)  # index in the claim -> error message
     truncated: int = 0
+    # chunked registrations: claim index -> the row's chunks with their vectors (the row's own vector is
+    # the normalised mean of them)
+    chunks: dict[int, list[tuple[chunking.Chunk, np.ndarray]]] = field(default_factory=dict)
 
     @property
     def succeeded(self) -> list[int]:
@@ -43,6 +47,9 @@ def embed_claim(backend: EmbeddingBackend, claim: Claim) -> EmbeddedBatch:
         result.errors = dict.fromkeys(range(len(claim)), message)
         return result
     todo = [i for i, text in enumerate(claim.texts) if text]  # None and '' clear the vector
+    if claim.chunk_tokens is not None:
+        chunking.embed_chunked(backend, claim, todo, result)
+        return result
     _embed_isolating(backend, claim, todo, result)
     return result
 

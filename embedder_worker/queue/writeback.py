@@ -16,6 +16,8 @@ from .retry import RetryPolicy
 
 WRITE_BACK_SQL = ("SELECT written, done FROM qwen.write_back(%s, %s::smallint, %s, %s, %s, "
                   "%s::text[], %s::bigint[], %s::text[], %b)")
+WRITE_BACK_CHUNKS_SQL = ("SELECT written, done FROM qwen.write_back_chunks(%s, %s::smallint, %s, %s, %s, "
+                         "%s::text[], %s::bigint[], %s::text[], %b, %s::text[], %s::int[], %s::int[], %s::int[], %b)")
 
 
 @dataclass
@@ -37,11 +39,17 @@ def write_back(conn: psycopg.Connection, batch: EmbeddedBatch, worker_id: int, r
     written = done = 0
     with conn.transaction():
         if ok:
-            written, done = conn.execute(WRITE_BACK_SQL, (
-                claim.target.registration_id, claim.target.target, worker_id, claim.model, claim.dimensions,
-                [key_literal(claim.keys[i]) for i in ok], [claim.versions[i] for i in ok],
-                [claim.hashes[i] for i in ok], [batch.vectors[i] for i in ok],
-            )).fetchone()
+            rows = (claim.target.registration_id, claim.target.target, worker_id, claim.model, claim.dimensions,
+                    [key_literal(claim.keys[i]) for i in ok], [claim.versions[i] for i in ok],
+                    [claim.hashes[i] for i in ok], [batch.vectors[i] for i in ok])
+            if claim.chunk_tokens is None:
+                written, done = conn.execute(WRITE_BACK_SQL, rows).fetchone()
+            else:
+                chunks = [(key_literal(claim.keys[i]), c, v) for i in ok for c, v in batch.chunks.get(i, [])]
+                written, done = conn.execute(WRITE_BACK_CHUNKS_SQL, rows + (
+                    [k for k, _, _ in chunks], [c.number for _, c, _ in chunks], [c.start for _, c, _ in chunks],
+                    [c.end for _, c, _ in chunks], [v for _, _, v in chunks],
+                )).fetchone()
         parked = record_failures(conn, batch, worker_id, retry) if batch.errors else 0
     return WriteBackResult(written=written, done=done, failed=len(batch.errors), parked=parked)
 

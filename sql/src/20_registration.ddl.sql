@@ -38,6 +38,14 @@ CREATE TABLE qwen.registrations (
     alter_started_at    timestamptz,
     created_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
     retry_failed_at     timestamptz,              -- last qwen_retry_failed (its trigger puts parked entries back)
+    -- hybrid search: the full-text configuration of to_tsvector(text_search_config, text_column),
+    -- which the GIN index qwen._text_index_name(id) is built on (qwen_register, qwen_alter)
+    text_search_config  regconfig NOT NULL DEFAULT 'pg_catalog.simple',
+    -- chunked registrations (chunk_tokens not NULL): the worker cuts each text into windows of at most
+    -- chunk_tokens model tokens overlapping by chunk_overlap, kept in qwen.chunks_<id> (26_chunks.sql)
+    chunk_tokens        int CHECK (chunk_tokens BETWEEN 16 AND 32768),
+    chunk_overlap       int NOT NULL DEFAULT 0 CHECK (chunk_overlap >= 0),
+    CONSTRAINT registrations_chunk_overlap_fits CHECK (chunk_tokens IS NULL OR chunk_overlap <= chunk_tokens / 2),
     -- a pending qwen_alter's swap: 'auto' (a worker swaps once the shadow is filled and indexed) or
     -- 'hold' (it waits for qwen_alter_finish); NULL when none is pending (or it predates 0.2.0: auto)
     next_swap           text CHECK (next_swap IN ('auto', 'hold')),

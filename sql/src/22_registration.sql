@@ -100,6 +100,58 @@ AS $$
                   CASE p_vector_type WHEN 'halfvec' THEN 'halfvec_cosine_ops' ELSE 'vector_cosine_ops' END)
 $$;
 
+-- The full-text GIN index of a registration (hybrid search): on the expression
+-- to_tsvector(<config>, <text column>::text), which qwen._search_hybrid_sql repeats word for word so
+-- that the planner matches it. The configuration is a constant (its quoted name), never a parameter.
+CREATE OR REPLACE FUNCTION qwen._text_index_name(p_id int) RETURNS name
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT format('qwen_%s_fts', p_id)::name $$;
+
+CREATE OR REPLACE FUNCTION qwen._tsvector_sql(p_config regconfig, p_alias text, p_text_column name) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT format('pg_catalog.to_tsvector(%L::pg_catalog.regconfig, %s%I::pg_catalog.text)',
+                  p_config::oid::regconfig::text, coalesce(p_alias || '.', ''), p_text_column)
+$$;
+
+CREATE OR REPLACE FUNCTION qwen._text_index_ddl(r qwen.registrations) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT format('CREATE INDEX IF NOT EXISTS %I ON %s USING gin ((%s))',
+                  qwen._text_index_name(r.id), r.source, qwen._tsvector_sql(r.text_search_config, NULL, r.text_column))
+$$;
+
+CREATE OR REPLACE FUNCTION qwen._drop_text_index(p_id int, p_source regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE format('DROP INDEX IF EXISTS %I.%I',
+                   (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = p_source),
+                   qwen._text_index_name(p_id));
+END
+$$;
+
+-- chunk_tokens NULL: no chunking; else 16 … 32768 tokens, overlapping by at most half of it.
+CREATE OR REPLACE FUNCTION qwen._check_chunking(p_tokens int, p_overlap int) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_tokens IS NOT NULL AND (p_tokens < 16 OR p_tokens > 32768) THEN
+        RAISE EXCEPTION 'chunk_tokens must be between 16 and 32768, got %', p_tokens
+            USING HINT = 'chunk_tokens is the most model tokens a chunk holds (e.g. 512); NULL means one vector per row.';
+    END IF;
+    IF p_overlap IS NULL OR p_overlap < 0 OR p_tokens IS NOT NULL AND p_overlap > p_tokens / 2 THEN
+        RAISE EXCEPTION 'chunk_overlap must be between 0 and half of chunk_tokens, got %', coalesce(p_overlap::text, 'NULL')
+            USING HINT = 'chunk_overlap is how many tokens consecutive chunks share (e.g. 64 for chunk_tokens => 512).';
+    END IF;
+END
+$$;
+
 -- ---------------------------------------------------------------------------------------------
 
 CREATE OR REPLACE FUNCTION @extschema@.qwen_register(
@@ -108,7 +160,10 @@ CREATE OR REPLACE FUNCTION @extschema@.qwen_register(
     embedding_column name DEFAULT 'embedding',
     model text DEFAULT 'Qwen/Qwen3-Embedding-0.6B',
     dimensions int DEFAULT NULL,
-    index_mode text DEFAULT 'deferred'
+    index_mode text DEFAULT 'deferred',
+    text_search_config regconfig DEFAULT 'pg_catalog.simple',
+    chunk_tokens int DEFAULT NULL,
+    chunk_overlap int DEFAULT 0
 ) RETURNS int
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -129,6 +184,11 @@ BEGIN
         RAISE EXCEPTION 'index_mode must be ''immediate'', ''deferred'' or ''none'', got %', coalesce(quote_literal(index_mode), 'NULL')
             USING HINT = '''deferred'' builds the HNSW index once the backfill has finished (fastest).';
     END IF;
+    IF text_search_config IS NULL THEN
+        RAISE EXCEPTION 'text_search_config must not be NULL'
+            USING HINT = 'Pass a text search configuration such as ''simple'' or ''english'' (see \dF).';
+    END IF;
+    PERFORM qwen._check_chunking(chunk_tokens, chunk_overlap);
     -- the table, its text column and its keys (the trigger on qwen.registrations checks it again)
     PERFORM qwen._registration_shape(source, text_column);
 
@@ -140,13 +200,18 @@ BEGIN
     WHERE r.source = qwen_register.source AND r.embedding_column = qwen_register.embedding_column;
     IF FOUND THEN
         IF existing.text_column = qwen_register.text_column AND existing.model = qwen_register.model
-           AND existing.dimensions = dims THEN
+           AND existing.dimensions = dims AND existing.text_search_config = qwen_register.text_search_config
+           AND existing.chunk_tokens IS NOT DISTINCT FROM qwen_register.chunk_tokens
+           AND existing.chunk_overlap = qwen_register.chunk_overlap THEN
+            IF existing.chunk_tokens IS NOT NULL THEN
+                PERFORM qwen._install_chunk_triggers(existing.id);
+            END IF;
             PERFORM qwen._install_triggers(existing.id);  -- idempotent: repairs dropped triggers
             RETURN existing.id;
         END IF;
         RAISE EXCEPTION 'column "%" of table % is already registered (text column "%", model "%", % dimensions)',
             embedding_column, source, existing.text_column, existing.model, existing.dimensions
-            USING HINT = 'Use qwen_alter to change the model or dimensions, or qwen_unregister first.';
+            USING HINT = 'Use qwen_alter to change the model, dimensions or text_search_config, or qwen_unregister first.';
     END IF;
 
     emb_type := qwen._column_type(source, embedding_column);
@@ -160,19 +225,28 @@ BEGIN
     -- The BEFORE trigger on qwen.registrations fills in the keys and the index name from the catalogue;
     -- the AFTER trigger queues every existing row (the backfill).
     INSERT INTO qwen.registrations (source, text_column, embedding_column, model, dimensions, vector_type,
-                                    key_columns, key_types, index_mode)
-    VALUES (source, text_column, embedding_column, model, dims, vtype, '{?}', '{?}', index_mode)
+                                    key_columns, key_types, index_mode, text_search_config, chunk_tokens, chunk_overlap)
+    VALUES (source, text_column, embedding_column, model, dims, vtype, '{?}', '{?}', index_mode, text_search_config,
+            chunk_tokens, chunk_overlap)
     RETURNING id INTO reg_id;
+    IF chunk_tokens IS NOT NULL THEN
+        PERFORM qwen._create_chunk_table(reg_id);
+        PERFORM qwen._install_chunk_triggers(reg_id);
+    END IF;
 
     PERFORM qwen._install_triggers(reg_id);
     IF index_mode = 'immediate' THEN
         EXECUTE qwen._index_ddl(source, embedding_column, vtype, qwen._index_name(reg_id), false);
     END IF;
+    -- the full-text index for hybrid search: PostgreSQL keeps it up to date by itself
+    IF index_mode <> 'none' THEN
+        EXECUTE qwen._text_index_ddl((SELECT r FROM qwen.registrations AS r WHERE r.id = reg_id));
+    END IF;
     RETURN reg_id;
 END
 $$;
-COMMENT ON FUNCTION @extschema@.qwen_register(regclass, name, name, text, int, text) IS
-    'keep text_column of a table embedded in embedding_column; returns the registration id';
+COMMENT ON FUNCTION @extschema@.qwen_register(regclass, name, name, text, int, text, regconfig, int, int) IS
+    'keep text_column of a table embedded in embedding_column (and full-text indexed with text_search_config); returns the registration id';
 
 -- The one registration lookup (qwen_search, qwen_alter, qwen_backfill, …): the only registration, or
 -- the one of `p_source` (and `p_embedding_column` when the table has several), with the errors a
@@ -225,6 +299,8 @@ BEGIN
     END IF;
     r := qwen._find_registration(source, embedding_column);
     PERFORM qwen._drop_triggers(r.id);
+    PERFORM qwen._drop_text_index(r.id, r.source);
+    PERFORM qwen._drop_chunk_triggers(r.id, r.source);  -- the chunk table goes with the registration row
     IF r.next_column IS NOT NULL THEN
         EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', r.source, r.next_column);
     END IF;
@@ -238,7 +314,8 @@ $$;
 COMMENT ON FUNCTION @extschema@.qwen_unregister(regclass, name, boolean) IS
     'stop embedding a table column: drops the triggers and queue entries (and the column with drop_column)';
 
--- Build a registration's HNSW index now (the worker builds deferred indexes CONCURRENTLY by itself).
+-- Build a registration's HNSW index now (the worker builds deferred indexes CONCURRENTLY by itself),
+-- and its full-text index if it has none (registrations made by 0.1.0, or with index_mode 'none').
 CREATE OR REPLACE FUNCTION @extschema@.qwen_create_index(source regclass, embedding_column name DEFAULT NULL) RETURNS name
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -249,6 +326,7 @@ DECLARE
 BEGIN
     idx := coalesce(r.index_name, qwen._index_name(r.id));
     EXECUTE qwen._index_ddl(r.source, r.embedding_column, r.vector_type, idx, false);
+    EXECUTE qwen._text_index_ddl(r);
     UPDATE qwen.registrations x SET index_name = idx,
            index_mode = CASE WHEN x.index_mode = 'none' THEN 'immediate' ELSE x.index_mode END
     WHERE x.id = r.id;
@@ -314,6 +392,9 @@ CREATE OR REPLACE FUNCTION @extschema@.qwen_alter(
     model text DEFAULT NULL,
     dimensions int DEFAULT NULL,
     embedding_column name DEFAULT NULL,
+    text_search_config regconfig DEFAULT NULL,
+    chunk_tokens int DEFAULT NULL,
+    chunk_overlap int DEFAULT NULL,
     swap text DEFAULT 'auto'
 ) RETURNS int
 LANGUAGE plpgsql
@@ -330,6 +411,45 @@ BEGIN
     IF swap IS NULL OR swap NOT IN ('auto', 'hold') THEN
         RAISE EXCEPTION 'swap must be ''auto'' or ''hold'', got %', coalesce(quote_literal(swap), 'NULL')
             USING HINT = '''hold'' fills and indexes the new column, then waits for qwen_alter_finish().';
+    END IF;
+    IF text_search_config IS NOT NULL AND text_search_config <> r.text_search_config THEN
+        -- a new full-text configuration takes effect at once: the index is rebuilt in this transaction
+        PERFORM qwen._drop_text_index(r.id, r.source);
+        UPDATE qwen.registrations x SET text_search_config = qwen_alter.text_search_config WHERE x.id = r.id
+        RETURNING * INTO r;
+        IF r.index_mode <> 'none' THEN
+            EXECUTE qwen._text_index_ddl(r);
+        END IF;
+        IF model IS NULL AND dimensions IS NULL AND chunk_tokens IS NULL AND chunk_overlap IS NULL THEN
+            RETURN r.id;
+        END IF;
+    END IF;
+    IF chunk_tokens IS NOT NULL OR chunk_overlap IS NOT NULL THEN
+        IF model IS NOT NULL OR dimensions IS NOT NULL THEN
+            RAISE EXCEPTION 'qwen_alter changes the chunking or the model, not both at once'
+                USING HINT = 'Call qwen_alter twice.';
+        END IF;
+        IF coalesce(chunk_tokens, r.chunk_tokens) IS NULL THEN
+            RAISE EXCEPTION 'registration % is not chunked: chunk_overlap needs chunk_tokens', r.id
+                USING HINT = 'Pass chunk_tokens => N as well.';
+        END IF;
+        PERFORM qwen._check_chunking(coalesce(chunk_tokens, r.chunk_tokens), coalesce(chunk_overlap, r.chunk_overlap));
+        IF (coalesce(chunk_tokens, r.chunk_tokens), coalesce(chunk_overlap, r.chunk_overlap))
+           IS NOT DISTINCT FROM (r.chunk_tokens, r.chunk_overlap) THEN
+            RETURN r.id;
+        END IF;
+        -- every row is chunked again; its old chunks stay searchable until its new ones replace them
+        UPDATE qwen.registrations x SET chunk_tokens = coalesce(qwen_alter.chunk_tokens, r.chunk_tokens),
+               chunk_overlap = coalesce(qwen_alter.chunk_overlap, r.chunk_overlap)
+         WHERE x.id = r.id;
+        PERFORM qwen._create_chunk_table(r.id);
+        PERFORM qwen._install_chunk_triggers(r.id);
+        PERFORM @extschema@.qwen_backfill(r.source, r.embedding_column);
+        RETURN r.id;
+    END IF;
+    IF r.chunk_tokens IS NOT NULL THEN
+        RAISE EXCEPTION 'registration % is chunked: its model and dimensions cannot be altered', r.id
+            USING HINT = 'qwen_unregister it and qwen_register it again with the new model.';
     END IF;
     dims := qwen._resolve_dimensions(new_model, CASE WHEN dimensions IS NULL AND new_model = r.model
                                                      THEN r.dimensions ELSE dimensions END);
@@ -354,8 +474,8 @@ BEGIN
     RETURN r.id;
 END
 $$;
-COMMENT ON FUNCTION @extschema@.qwen_alter(regclass, text, int, name, text) IS
-    're-embed a registration with another model or dimensions; searches use the old vectors until the swap (swap => ''hold'' waits for qwen_alter_finish)';
+COMMENT ON FUNCTION @extschema@.qwen_alter(regclass, text, int, name, regconfig, int, int, text) IS
+    're-embed a registration with another model or dimensions (searches use the old vectors until the swap; swap => ''hold'' waits for qwen_alter_finish), or change its text_search_config or chunking';
 
 -- Release a held swap: a worker of the new model swaps the shadow column in at its next maintenance
 -- pass (at once when the shadow is already filled and indexed, else as soon as it is). Returns whether
