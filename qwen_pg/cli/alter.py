@@ -52,7 +52,8 @@ def _call(args: argparse.Namespace, statement: str, params: tuple):
 
 
 def _start(args: argparse.Namespace) -> int:
-    conn, reg_id = _call(args, "SELECT qwen_alter(%s::regclass, %s, %s, %s, %s)",
+    conn, reg_id = _call(args, "SELECT qwen_alter(%s::regclass, model => %s, dimensions => %s, "
+                               "embedding_column => %s, swap => %s)",
                          (args.table, args.model, args.dimensions, args.embedding_column,
                           "hold" if args.hold else "auto"))
     with conn:
