@@ -8,6 +8,8 @@ Public modules (import them by name; this package imports none of them, and none
 - `qwen_pg.sql_install` — the SQL-only install (databases without the C module);
 - `qwen_pg.extension_install` — building and installing the C extension;
 - `qwen_pg.embedded` — the embedded PostgreSQL server (`pip install 'qwen-pg[embedded]'`);
+- `qwen_pg.recommend` — `qwen_similar` from SQLAlchemy and psycopg;
+- `qwen_pg.evaluation` — retrieval metrics and the `qwen-pg eval` runner;
 - `qwen_pg.cli` — the `qwen-pg` command.
 
 The worker daemon (queue consumer, request server, model backends) is the `embedder_worker` package
@@ -22,4 +24,5 @@ except PackageNotFoundError:  # pragma: no cover - running from a checkout that 
     __version__ = "0.0.0+unknown"
 
 #: the public modules
-__all__ = ["__version__", "alembic", "cli", "client", "embedded", "extension_install", "orm", "sql_install"]
+__all__ = ["__version__", "alembic", "cli", "client", "embedded", "evaluation", "extension_install", "orm", "recommend",
+           "sql_install"]
