@@ -66,14 +66,26 @@ def fresh_database(admin_dsn: str, name: str) -> str:
     return dsn
 
 
-def options(batch_size: int) -> ConsumerOptions:
-    return ConsumerOptions(batch_size=batch_size, prefetch=1, poll_interval=0.05, heartbeat_interval=1.0,
-                           maintenance_interval=30.0, targets_refresh=1.0, exit_when_idle=True)
+def options(batch_size: int, writers: int = 1) -> ConsumerOptions:
+    return ConsumerOptions(batch_size=batch_size, prefetch=1, writers=writers, poll_interval=0.05,
+                           heartbeat_interval=1.0, maintenance_interval=30.0, targets_refresh=1.0, exit_when_idle=True)
 
 
-def pipeline_rate(dsn: str, backend, texts: list[str], dims: int, batch_size: int) -> float:
-    """rows/s from the start of the INSERT until the worker has written every vector back."""
+# What the database path was before issue #16 item 2, applied to this database for a comparison in the same
+# run: the queue at fillfactor 70 (claims' lease updates about half HOT) and the sync trigger's old/new join
+# left to the caller's settings (a nested loop under qwen.write_back: quadratic in the batch).
+BEFORE = ("ALTER TABLE qwen.queue SET (fillfactor = 70)", "ALTER FUNCTION qwen._sync() RESET enable_hashjoin")
+AFTER = ("ALTER TABLE qwen.queue SET (fillfactor = 45)", "ALTER FUNCTION qwen._sync() SET enable_hashjoin = on")
+
+
+def pipeline_rate(dsn: str, backend, texts: list[str], dims: int, batch_size: int, before: bool = False,
+                  writers: int = 1) -> float:
+    """rows/s from the start of the INSERT until the worker has written every vector back (`before`: with the
+    layout of BEFORE, restored to AFTER at the end)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE qwen.queue")  # empty already: each run starts from fresh pages
+        for statement in BEFORE if before else ():
+            conn.execute(statement)
         conn.execute("DROP TABLE IF EXISTS docs")
         conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
         conn.execute("SELECT qwen_register('docs', 'body', model => %s, dimensions => %s, index_mode => 'none')",
@@ -83,7 +95,7 @@ def pipeline_rate(dsn: str, backend, texts: list[str], dims: int, batch_size: in
             for i, text in enumerate(texts):
                 copy.write_row((i, text))
         inserted = time.perf_counter()
-        Consumer(dsn, backend, options=options(batch_size)).run()
+        Consumer(dsn, backend, options=options(batch_size, writers)).run()
         if os.environ.get("QWEN_BENCH_VERBOSE"):
             print(f"  (insert {inserted - start:.2f}s, worker {time.perf_counter() - inserted:.2f}s)", file=sys.stderr)
         elapsed = time.perf_counter() - start
@@ -91,6 +103,8 @@ def pipeline_rate(dsn: str, backend, texts: list[str], dims: int, batch_size: in
         if missing:
             raise RuntimeError(f"{missing} rows were not embedded")
         conn.execute("SELECT qwen_unregister('docs')")
+        for statement in AFTER if before else ():
+            conn.execute(statement)
     return len(texts) / elapsed
 
 
@@ -128,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--db-batch-sizes", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--writers", type=int, default=1, help="write-back connections of the database-path run")
+    parser.add_argument("--compare-before", action="store_true",
+                        help="also run each database-path batch size as before issue #16 (see BEFORE)")
     parser.add_argument("--skip-model", action="store_true", help="only the database-path measurement")
     args = parser.parse_args(argv)
 
@@ -172,8 +189,13 @@ def main(argv: list[str] | None = None) -> int:
         print("| path | rows/s | vs COPY |\n|---|---:|---:|")
         print(f"| binary COPY of (id, text, vector) | {reference:,.0f} | 1.00 |")
         for batch in args.db_batch_sizes:
-            rate = pipeline_rate(dsn, stub, texts, args.dims, batch)
-            print(f"| INSERT → queue → worker (batch {batch}) → written | {rate:,.0f} | {rate / reference:.2f} |")
+            rate = pipeline_rate(dsn, stub, texts, args.dims, batch, writers=args.writers)
+            print(f"| INSERT → queue → worker (batch {batch}, {args.writers} writer(s)) → written | {rate:,.0f} "
+                  f"| {rate / reference:.2f} |")
+            if args.compare_before:
+                old = pipeline_rate(dsn, stub, texts, args.dims, batch, before=True, writers=args.writers)
+                print(f"| same, before issue #16 (queue fillfactor 70, sync join unpinned) | {old:,.0f} | "
+                      f"{old / reference:.2f} |")
         print()
     finally:
         if server is not None:

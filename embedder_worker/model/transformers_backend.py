@@ -12,7 +12,7 @@ import numpy as np
 
 from . import qwen3
 from .backend import EmbedResult, ModelInfo, RerankResult, empty_embed_result, empty_rerank_result
-from .batching import length_sorted_batches
+from .batching import DEFAULT_MAX_PADDING, length_sorted_batches
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -56,7 +56,7 @@ class _TransformersModel:
 
     def __init__(self, model: str, *, auto_class: str, device: str | None, dtype: str | None,
                  attn_implementation: str | None, max_length: int, max_batch_size: int, max_batch_tokens: int,
-                 revision: str | None, local_files_only: bool | None) -> None:
+                 max_padding: float, revision: str | None, local_files_only: bool | None) -> None:
         import transformers
         from transformers import AutoTokenizer
 
@@ -73,6 +73,7 @@ class _TransformersModel:
         self.max_length = int(max_length)
         self.max_batch_size = int(max_batch_size)
         self.max_batch_tokens = int(max_batch_tokens)
+        self.max_padding = float(max_padding)
         eos = qwen3.eos_token_id(self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
         # one forward pass at a time: callers (queue consumer, request server) share this object across threads
@@ -88,7 +89,7 @@ class _TransformersModel:
 
         rows: list[Any] = [None] * len(ids)
         batches = length_sorted_batches([len(seq) for seq in ids], max_batch_size=self.max_batch_size,
-                                        max_batch_tokens=self.max_batch_tokens)
+                                        max_batch_tokens=self.max_batch_tokens, max_padding=self.max_padding)
         with self._lock, torch.inference_mode():
             for batch in batches:
                 input_ids, mask = qwen3.left_pad([ids[i] for i in batch], self.pad_id)
@@ -101,11 +102,12 @@ class _TransformersModel:
 class TransformersEmbedder(_TransformersModel):
     def __init__(self, model: str, *, device: str | None = None, dtype: str | None = None,
                  attn_implementation: str | None = None, max_length: int = qwen3.DEFAULT_MAX_LENGTH,
-                 max_batch_size: int = 64, max_batch_tokens: int = 16384, revision: str | None = None,
-                 local_files_only: bool | None = None) -> None:
+                 max_batch_size: int = 64, max_batch_tokens: int = 16384, max_padding: float = DEFAULT_MAX_PADDING,
+                 revision: str | None = None, local_files_only: bool | None = None) -> None:
         super().__init__(model, auto_class="AutoModel", device=device, dtype=dtype,
                          attn_implementation=attn_implementation, max_length=max_length,
-                         max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens, revision=revision,
+                         max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens,
+                         max_padding=max_padding, revision=revision,
                          local_files_only=local_files_only)
         self.info = ModelInfo(name=model, kind="embedding", backend="transformers",
                               dimension=int(self.model.config.hidden_size), max_length=self.max_length)
@@ -129,11 +131,12 @@ class TransformersEmbedder(_TransformersModel):
 class TransformersReranker(_TransformersModel):
     def __init__(self, model: str, *, device: str | None = None, dtype: str | None = None,
                  attn_implementation: str | None = None, max_length: int = qwen3.DEFAULT_MAX_LENGTH,
-                 max_batch_size: int = 32, max_batch_tokens: int = 16384, revision: str | None = None,
-                 local_files_only: bool | None = None) -> None:
+                 max_batch_size: int = 32, max_batch_tokens: int = 16384, max_padding: float = DEFAULT_MAX_PADDING,
+                 revision: str | None = None, local_files_only: bool | None = None) -> None:
         super().__init__(model, auto_class="AutoModelForCausalLM", device=device, dtype=dtype,
                          attn_implementation=attn_implementation, max_length=max_length,
-                         max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens, revision=revision,
+                         max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens,
+                         max_padding=max_padding, revision=revision,
                          local_files_only=local_files_only)
         self.tokens = qwen3.rerank_tokens(self.tokenizer)
         self.info = ModelInfo(name=model, kind="reranker", backend="transformers", dimension=None,
