@@ -148,13 +148,26 @@ class TransformersReranker(_TransformersModel):
         return logits[:, [self.tokens.yes_id, self.tokens.no_id]].float().cpu().numpy()
 
     def rerank(self, query: str, documents: Sequence[str], *, instruction: str | None = None) -> RerankResult:
-        if not documents:
-            return empty_rerank_result()
+        return self.rerank_many([(query, documents, instruction)])[0]
+
+    def rerank_many(self, requests: Sequence[tuple[str, Sequence[str], str | None]]) -> list[RerankResult]:
+        """Several (query, documents, instruction) requests in shared forward passes (the request server
+        merges concurrent callers this way); each result is what `rerank` gives that request alone."""
         with self.tokenize_lock:
-            tokens = qwen3.tokenize_for_rerank(self.tokenizer, query, documents, self.max_length, instruction,
-                                               self.tokens)
-        yes_no = np.stack(self._forward_batches(tokens.ids, self._yes_no))
-        return RerankResult(scores=qwen3.yes_no_scores(yes_no[:, 0], yes_no[:, 1]), truncated=tokens.truncated)
+            tokenized = [qwen3.tokenize_for_rerank(self.tokenizer, query, documents, self.max_length, instruction,
+                                                   self.tokens)
+                         if documents else qwen3.TokenizedBatch(ids=[], truncated=0)
+                         for query, documents, instruction in requests]
+        ids = [seq for tokens in tokenized for seq in tokens.ids]
+        if not ids:
+            return [empty_rerank_result() for _ in requests]
+        yes_no = np.stack(self._forward_batches(ids, self._yes_no))
+        scores = qwen3.yes_no_scores(yes_no[:, 0], yes_no[:, 1])
+        results, offset = [], 0
+        for tokens in tokenized:
+            results.append(RerankResult(scores=scores[offset:offset + len(tokens.ids)], truncated=tokens.truncated))
+            offset += len(tokens.ids)
+        return results
 
 
 def load_embedder(model: str, **options: Any) -> TransformersEmbedder:
