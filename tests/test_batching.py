@@ -51,6 +51,11 @@ def test_bad_bounds_are_refused(bad):
         list(length_sorted_batches([1, 2, 3], **options))
 
 
+def test_bad_bounds_are_refused_when_the_backend_loads(tiny_models):
+    with pytest.raises(ValueError, match="max_padding"):
+        load_embedder(str(tiny_models.embed), backend="transformers", device="cpu", max_padding=2.0)
+
+
 def _mixed_texts(count: int) -> list[str]:
     words = ["vector", "index", "query", "table", "北京", "row", "model", "search", "😀", "database"]
     rng = random.Random(3)

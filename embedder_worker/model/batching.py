@@ -12,16 +12,21 @@ from collections.abc import Iterator, Sequence
 DEFAULT_MAX_PADDING = 0.1  # share of a pass's computed tokens that may be padding
 
 
+def check_bounds(*, max_batch_size: int, max_batch_tokens: int, max_padding: float) -> None:
+    """ValueError unless the bounds can cut batches (checked when a backend is loaded, and at every cut)."""
+    if max_batch_size < 1 or max_batch_tokens < 1:
+        raise ValueError("max_batch_size and max_batch_tokens must be positive")
+    if not 0.0 <= max_padding <= 1.0:
+        raise ValueError(f"max_padding must be between 0 and 1 (a share of a pass's tokens), got {max_padding}")
+
+
 def length_sorted_batches(lengths: Sequence[int], *, max_batch_size: int, max_batch_tokens: int,
                           max_padding: float = DEFAULT_MAX_PADDING) -> Iterator[list[int]]:
     """Yield lists of input indices. Longest first, so an out-of-memory failure shows up in the first batch.
     A batch's padded size (its longest sequence × its count) stays within max_batch_tokens, except that a single
     sequence longer than the budget still forms a batch of one; its padding (sum of longest - length) stays
     within max_padding × its padded size (1.0: no padding bound)."""
-    if max_batch_size < 1 or max_batch_tokens < 1:
-        raise ValueError("max_batch_size and max_batch_tokens must be positive")
-    if not 0.0 <= max_padding <= 1.0:
-        raise ValueError("max_padding must be between 0 and 1")
+    check_bounds(max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens, max_padding=max_padding)
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
     batch: list[int] = []
     width = padding = 0

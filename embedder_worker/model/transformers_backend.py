@@ -12,7 +12,7 @@ import numpy as np
 
 from . import qwen3
 from .backend import EmbedResult, ModelInfo, RerankResult, empty_embed_result, empty_rerank_result
-from .batching import DEFAULT_MAX_PADDING, length_sorted_batches
+from .batching import DEFAULT_MAX_PADDING, check_bounds, length_sorted_batches
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -60,6 +60,8 @@ class _TransformersModel:
         import transformers
         from transformers import AutoTokenizer
 
+        check_bounds(max_batch_size=int(max_batch_size), max_batch_tokens=int(max_batch_tokens),
+                     max_padding=float(max_padding))
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.attn_implementation = resolve_attention(attn_implementation, self.device, self.dtype)
