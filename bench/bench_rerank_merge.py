@@ -5,7 +5,8 @@
 N asyncio SQL sessions each call `qwen_rerank(query, documents)` (a different query per call, --documents
 candidates) through the worker's request server in a process of its own, first with merging (the default)
 and then with `BatchLimits(enabled=False)` (one request per forward pass, as before). Prints qwen_rerank
-calls/s of both, their ratio, and the requests merged per rerank forward pass (from /metrics).
+calls/s of both, their ratio, and the requests per merged batch (from /metrics; the backend may still cut a
+merged batch into several forward passes by length and padding).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def main() -> None:
           f"worker torch threads {args.threads}\n")
     embed_path, rerank_path = models_for(args.shape)
     rates = {}
-    print("| rerank requests | qwen_rerank calls/s | requests per forward pass | vs one per pass |")
+    print("| rerank requests | qwen_rerank calls/s | requests per merged batch | vs one per pass |")
     print("|---|---:|---:|---:|")
     with bench_database() as (dsn, socket_path):
         for label, merging in (("one per forward pass (before)", False), ("merged (now)", True)):
