@@ -158,11 +158,11 @@ def _worker(args: argparse.Namespace) -> int:
         )
         request_limits = cache = None
         if args.listen and args.cache_size > 0:
-            from ..server.cache import CacheLimits
+            from embedder_worker.server.cache import CacheLimits
 
             cache = CacheLimits(max_entries=args.cache_size, max_bytes=args.cache_bytes, ttl=args.cache_ttl)
         if args.listen and (args.max_pending is not None or args.request_timeout is not None):
-            from ..server.limits import RequestLimits
+            from embedder_worker.server.limits import RequestLimits
 
             default = RequestLimits()
             request_limits = RequestLimits(
