@@ -4,9 +4,9 @@
 
 N asyncio SQL sessions each call `qwen_rerank(query, documents)` (a different query per call, --documents
 candidates) through the worker's request server in a process of its own, first with
-`BatchLimits(enabled=False)` (one request per forward pass, as before) and then with merging (the default). Prints qwen_rerank
-calls/s of both, their ratio, and the requests per merged batch (from /metrics; the backend may still cut a
-merged batch into several forward passes by length and padding).
+`BatchLimits(enabled=False)` (one request per forward pass, as before) and then with merging (the default).
+Prints qwen_rerank calls/s of both, their ratio, and the requests per merged batch (from /metrics; the
+backend may still cut a merged batch into several forward passes by length and padding).
 """
 
 from __future__ import annotations
