@@ -66,14 +66,36 @@ def fresh_database(admin_dsn: str, name: str) -> str:
     return dsn
 
 
-def options(batch_size: int) -> ConsumerOptions:
-    return ConsumerOptions(batch_size=batch_size, prefetch=1, poll_interval=0.05, heartbeat_interval=1.0,
-                           maintenance_interval=30.0, targets_refresh=1.0, exit_when_idle=True)
+class TimedConsumer(Consumer):
+    """The consumer, noting when its last write-back returned (the worker's exit comes after its idle check)."""
+
+    last_write = 0.0
+
+    def _write(self, result, db=None) -> None:
+        super()._write(result, db)
+        self.last_write = time.perf_counter()
 
 
-def pipeline_rate(dsn: str, backend, texts: list[str], dims: int, batch_size: int) -> float:
-    """rows/s from the start of the INSERT until the worker has written every vector back."""
+def options(batch_size: int, writers: int = 1) -> ConsumerOptions:
+    return ConsumerOptions(batch_size=batch_size, prefetch=1, writers=writers, poll_interval=0.05,
+                           heartbeat_interval=1.0, maintenance_interval=30.0, targets_refresh=1.0, exit_when_idle=True)
+
+
+# What the database path was before issue #16 item 2, applied to this database for a comparison in the same
+# run: the queue at fillfactor 70 (claims' lease updates about half HOT) and the sync trigger's old/new join
+# left to the caller's settings (a nested loop under qwen.write_back: quadratic in the batch).
+BEFORE = ("ALTER TABLE qwen.queue SET (fillfactor = 70)", "ALTER FUNCTION qwen._sync() RESET enable_hashjoin")
+AFTER = ("ALTER TABLE qwen.queue SET (fillfactor = 45)", "ALTER FUNCTION qwen._sync() SET enable_hashjoin = on")
+
+
+def pipeline_rate(dsn: str, backend, texts: list[str], dims: int, batch_size: int, before: bool = False,
+                  writers: int = 1) -> tuple[float, float]:
+    """rows/s from the start of the INSERT until the worker (run with --exit-when-idle) has exited, and until
+    its last write-back returned (`before`: with the layout of BEFORE, restored to AFTER at the end)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE qwen.queue")  # empty already: each run starts from fresh pages
+        for statement in BEFORE if before else ():
+            conn.execute(statement)
         conn.execute("DROP TABLE IF EXISTS docs")
         conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
         conn.execute("SELECT qwen_register('docs', 'body', model => %s, dimensions => %s, index_mode => 'none')",
@@ -83,15 +105,20 @@ def pipeline_rate(dsn: str, backend, texts: list[str], dims: int, batch_size: in
             for i, text in enumerate(texts):
                 copy.write_row((i, text))
         inserted = time.perf_counter()
-        Consumer(dsn, backend, options=options(batch_size)).run()
-        if os.environ.get("QWEN_BENCH_VERBOSE"):
-            print(f"  (insert {inserted - start:.2f}s, worker {time.perf_counter() - inserted:.2f}s)", file=sys.stderr)
+        consumer = TimedConsumer(dsn, backend, options=options(batch_size, writers))
+        consumer.run()
         elapsed = time.perf_counter() - start
+        written = consumer.last_write - start
+        if os.environ.get("QWEN_BENCH_VERBOSE"):
+            print(f"  (insert {inserted - start:.2f}s, last write-back {written:.2f}s, worker exited {elapsed:.2f}s)",
+                  file=sys.stderr)
         missing = conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone()[0]
         if missing:
             raise RuntimeError(f"{missing} rows were not embedded")
         conn.execute("SELECT qwen_unregister('docs')")
-    return len(texts) / elapsed
+        for statement in AFTER if before else ():
+            conn.execute(statement)
+    return len(texts) / elapsed, len(texts) / written
 
 
 def copy_rate(dsn: str, vectors: np.ndarray, texts: list[str]) -> float:
@@ -128,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--db-batch-sizes", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--writers", type=int, default=1, help="write-back connections of the database-path run")
+    parser.add_argument("--compare-before", action="store_true",
+                        help="also run each database-path batch size as before issue #16 (see BEFORE)")
     parser.add_argument("--skip-model", action="store_true", help="only the database-path measurement")
     args = parser.parse_args(argv)
 
@@ -158,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             texts = texts_of_length(AutoTokenizer.from_pretrained(str(model_dir)), args.tokens, args.rows)
             backend.embed(texts[:8])  # warm-up
             alone = backend_rate(backend, texts, args.batch_size)
-            piped = pipeline_rate(dsn, backend, texts, backend.info.dimension, args.batch_size)
+            piped, _ = pipeline_rate(dsn, backend, texts, backend.info.dimension, args.batch_size)
             print(f"## End to end (mid-size random Qwen3, hidden {backend.info.dimension}, torch threads "
                   f"{args.threads}, {args.rows} rows x {args.tokens} tokens, batch {args.batch_size})\n")
             print("| path | rows/s | ratio |\n|---|---:|---:|")
@@ -169,11 +199,18 @@ def main(argv: list[str] | None = None) -> int:
         texts = [f"row {i} " + "lorem ipsum " * 8 for i in range(args.db_rows)]
         reference = copy_rate(dsn, stub.pool, texts)
         print(f"## Database path alone (zero-cost stub, {args.dims} dims, {args.db_rows:,} rows)\n")
-        print("| path | rows/s | vs COPY |\n|---|---:|---:|")
-        print(f"| binary COPY of (id, text, vector) | {reference:,.0f} | 1.00 |")
+        print("rows/s from the start of the INSERT until the worker exited, and until its last write-back "
+              "returned (the exit adds its idle check and shutdown)\n")
+        print("| path | rows/s to exit | vs COPY | rows/s to last write | vs COPY |\n|---|---:|---:|---:|---:|")
+        print(f"| binary COPY of (id, text, vector) | {reference:,.0f} | 1.00 | {reference:,.0f} | 1.00 |")
         for batch in args.db_batch_sizes:
-            rate = pipeline_rate(dsn, stub, texts, args.dims, batch)
-            print(f"| INSERT → queue → worker (batch {batch}) → written | {rate:,.0f} | {rate / reference:.2f} |")
+            runs = [(f"INSERT → queue → worker (batch {batch}, {args.writers} writer(s)) → written", False)]
+            if args.compare_before:
+                runs.append(("same, before issue #16 (queue fillfactor 70, sync join unpinned)", True))
+            for label, before in runs:
+                rate, written = pipeline_rate(dsn, stub, texts, args.dims, batch, before=before, writers=args.writers)
+                print(f"| {label} | {rate:,.0f} | {rate / reference:.2f} | {written:,.0f} | "
+                      f"{written / reference:.2f} |", flush=True)
         print()
     finally:
         if server is not None:

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import qwen3
 from .backend import EmbedResult, ModelInfo, RerankResult, empty_embed_result, empty_rerank_result
-from .batching import length_sorted_batches
+from .batching import DEFAULT_MAX_PADDING, check_bounds, length_sorted_batches
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -56,10 +56,12 @@ class _TransformersModel:
 
     def __init__(self, model: str, *, auto_class: str, device: str | None, dtype: str | None,
                  attn_implementation: str | None, max_length: int, max_batch_size: int, max_batch_tokens: int,
-                 revision: str | None, local_files_only: bool | None) -> None:
+                 max_padding: float, revision: str | None, local_files_only: bool | None) -> None:
         import transformers
         from transformers import AutoTokenizer
 
+        check_bounds(max_batch_size=int(max_batch_size), max_batch_tokens=int(max_batch_tokens),
+                     max_padding=float(max_padding))
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.attn_implementation = resolve_attention(attn_implementation, self.device, self.dtype)
@@ -73,6 +75,7 @@ class _TransformersModel:
         self.max_length = int(max_length)
         self.max_batch_size = int(max_batch_size)
         self.max_batch_tokens = int(max_batch_tokens)
+        self.max_padding = float(max_padding)
         eos = qwen3.eos_token_id(self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
         # one forward pass at a time: callers (queue consumer, request server) share this object across threads
@@ -88,7 +91,7 @@ class _TransformersModel:
 
         rows: list[Any] = [None] * len(ids)
         batches = length_sorted_batches([len(seq) for seq in ids], max_batch_size=self.max_batch_size,
-                                        max_batch_tokens=self.max_batch_tokens)
+                                        max_batch_tokens=self.max_batch_tokens, max_padding=self.max_padding)
         with self._lock, torch.inference_mode():
             for batch in batches:
                 input_ids, mask = qwen3.left_pad([ids[i] for i in batch], self.pad_id)
@@ -101,11 +104,12 @@ class _TransformersModel:
 class TransformersEmbedder(_TransformersModel):
     def __init__(self, model: str, *, device: str | None = None, dtype: str | None = None,
                  attn_implementation: str | None = None, max_length: int = qwen3.DEFAULT_MAX_LENGTH,
-                 max_batch_size: int = 64, max_batch_tokens: int = 16384, revision: str | None = None,
-                 local_files_only: bool | None = None) -> None:
+                 max_batch_size: int = 64, max_batch_tokens: int = 16384, max_padding: float = DEFAULT_MAX_PADDING,
+                 revision: str | None = None, local_files_only: bool | None = None) -> None:
         super().__init__(model, auto_class="AutoModel", device=device, dtype=dtype,
                          attn_implementation=attn_implementation, max_length=max_length,
-                         max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens, revision=revision,
+                         max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens,
+                         max_padding=max_padding, revision=revision,
                          local_files_only=local_files_only)
         self.info = ModelInfo(name=model, kind="embedding", backend="transformers",
                               dimension=int(self.model.config.hidden_size), max_length=self.max_length)
@@ -129,11 +133,12 @@ class TransformersEmbedder(_TransformersModel):
 class TransformersReranker(_TransformersModel):
     def __init__(self, model: str, *, device: str | None = None, dtype: str | None = None,
                  attn_implementation: str | None = None, max_length: int = qwen3.DEFAULT_MAX_LENGTH,
-                 max_batch_size: int = 32, max_batch_tokens: int = 16384, revision: str | None = None,
-                 local_files_only: bool | None = None) -> None:
+                 max_batch_size: int = 32, max_batch_tokens: int = 16384, max_padding: float = DEFAULT_MAX_PADDING,
+                 revision: str | None = None, local_files_only: bool | None = None) -> None:
         super().__init__(model, auto_class="AutoModelForCausalLM", device=device, dtype=dtype,
                          attn_implementation=attn_implementation, max_length=max_length,
-                         max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens, revision=revision,
+                         max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens,
+                         max_padding=max_padding, revision=revision,
                          local_files_only=local_files_only)
         self.tokens = qwen3.rerank_tokens(self.tokenizer)
         self.info = ModelInfo(name=model, kind="reranker", backend="transformers", dimension=None,
@@ -145,13 +150,26 @@ class TransformersReranker(_TransformersModel):
         return logits[:, [self.tokens.yes_id, self.tokens.no_id]].float().cpu().numpy()
 
     def rerank(self, query: str, documents: Sequence[str], *, instruction: str | None = None) -> RerankResult:
-        if not documents:
-            return empty_rerank_result()
+        return self.rerank_many([(query, documents, instruction)])[0]
+
+    def rerank_many(self, requests: Sequence[tuple[str, Sequence[str], str | None]]) -> list[RerankResult]:
+        """Several (query, documents, instruction) requests in shared forward passes (the request server
+        merges concurrent callers this way); each result is what `rerank` gives that request alone."""
         with self.tokenize_lock:
-            tokens = qwen3.tokenize_for_rerank(self.tokenizer, query, documents, self.max_length, instruction,
-                                               self.tokens)
-        yes_no = np.stack(self._forward_batches(tokens.ids, self._yes_no))
-        return RerankResult(scores=qwen3.yes_no_scores(yes_no[:, 0], yes_no[:, 1]), truncated=tokens.truncated)
+            tokenized = [qwen3.tokenize_for_rerank(self.tokenizer, query, documents, self.max_length, instruction,
+                                                   self.tokens)
+                         if documents else qwen3.TokenizedBatch(ids=[], truncated=0)
+                         for query, documents, instruction in requests]
+        ids = [seq for tokens in tokenized for seq in tokens.ids]
+        if not ids:
+            return [empty_rerank_result() for _ in requests]
+        yes_no = np.stack(self._forward_batches(ids, self._yes_no))
+        scores = qwen3.yes_no_scores(yes_no[:, 0], yes_no[:, 1])
+        results, offset = [], 0
+        for tokens in tokenized:
+            results.append(RerankResult(scores=scores[offset:offset + len(tokens.ids)], truncated=tokens.truncated))
+            offset += len(tokens.ids)
+        return results
 
 
 def load_embedder(model: str, **options: Any) -> TransformersEmbedder:

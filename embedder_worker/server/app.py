@@ -21,9 +21,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .batcher import BatchLimits, EmbeddingBatcher, estimate_tokens
+from .batcher import BatchLimits, EmbeddingBatcher, RerankBatcher, estimate_tokens
 from .cache import CacheLimits, EmbeddingCache
-from .limits import Backlog, CallerGone, RequestLimits, SerialPasses, answer_while_connected
+from .limits import Backlog, CallerGone, RequestLimits, answer_while_connected
 from .metrics import CONTENT_TYPE_LATEST, ServerMetrics
 from .schemas import RequestError, parse_embedding_request, parse_rerank_request
 
@@ -102,7 +102,7 @@ class ServerApp:
         self.batcher = EmbeddingBatcher(embedder, limits or BatchLimits(), self.metrics, self.cache)
         self.request_limits = request_limits or RequestLimits()
         self.backlog = Backlog(self.request_limits, self.metrics)
-        self.rerank_passes = SerialPasses("qwen-rerank")
+        self.rerank_batcher = RerankBatcher(reranker, limits or BatchLimits(), self.metrics) if reranker else None
         self.started = int(time.time())
         self._expected_auth = f"Bearer {token}".encode() if token else None
         self.app = Starlette(
@@ -119,11 +119,14 @@ class ServerApp:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.batcher.start()
+        if self.rerank_batcher is not None:
+            self.rerank_batcher.start()
         try:
             yield
         finally:
             await self.batcher.stop()
-            self.rerank_passes.close()
+            if self.rerank_batcher is not None:
+                await self.rerank_batcher.stop()
 
     def _authorized(self, request: Request) -> bool:
         if self._expected_auth is None:
@@ -206,22 +209,9 @@ class ServerApp:
         results: list[dict[str, Any]] = []
         truncated = 0
         if req.documents:
-            def forward_pass() -> Any:  # timed alone: not the wait for its turn
-                started = time.perf_counter()
-                try:
-                    return reranker.rerank(req.query, req.documents, instruction=req.instruction)
-                finally:
-                    self.metrics.forward_latency.labels("reranker").observe(time.perf_counter() - started)
-
-            self.metrics.queue_depth.labels("reranker").inc()
-            try:
-                scored = await self._answer(request, self.rerank_passes.run(forward_pass))
-            finally:
-                self.metrics.queue_depth.labels("reranker").dec()
-            self.metrics.batch_inputs.labels("reranker").observe(len(req.documents))
-            self.metrics.batch_requests.labels("reranker").observe(1)
-            self.metrics.inputs.labels("reranker").inc(len(req.documents))
-            self.metrics.truncations.labels("reranker").inc(scored.truncated)
+            assert self.rerank_batcher is not None
+            scored = await self._answer(request, self.rerank_batcher.rerank(req.query, req.documents,
+                                                                            req.instruction))
             truncated = scored.truncated
             scores = np.asarray(scored.scores, dtype=np.float64)
             # Best first; equal scores keep input order so the ranking is deterministic.

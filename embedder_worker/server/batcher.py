@@ -7,6 +7,8 @@ the bounds (inputs and estimated tokens). An idle server therefore answers a lon
 (no added latency), and a loaded one batches by itself. `max_wait_ms` adds an optional pause
 before each pass to gather more requests when throughput matters more than latency.
 
+Rerank requests are merged the same way (RerankBatcher): each (query, document) pair is one input of the pass.
+
 Requests with different instructions are merged too: the query form is applied here
 (`format_query`) and the backend is called in document form (no instruction), which is the same
 text the backend would build. Only requests asking for the same `dimensions` share a pass.
@@ -31,7 +33,7 @@ from embedder_worker.model.qwen3 import format_query
 from .metrics import ServerMetrics
 
 if TYPE_CHECKING:
-    from embedder_worker.model.backend import EmbeddingBackend
+    from embedder_worker.model.backend import EmbeddingBackend, RerankerBackend, RerankResult
 
     from .cache import EmbeddingCache
 
@@ -223,3 +225,66 @@ class EmbeddingBatcher:
             offset += len(p.texts)
             if not p.future.done():
                 p.future.set_result(BatchedEmbedding(rows, result.truncated, len(batch)))
+
+
+@dataclass
+class _PendingRerank(_Pending):
+    query: str = ""
+    instruction: str | None = None
+
+
+class RerankBatcher(EmbeddingBatcher):
+    """Merges concurrent `rerank` calls into forward passes of the shared reranker, as EmbeddingBatcher does
+    for embeddings: same queue, bounds and settling; each (query, document) pair is one input, and requests
+    with different queries or instructions share a pass (each pair carries its own prompt). A backend without
+    `rerank_many` gets the merged requests one after another, in one turn of the pass thread."""
+
+    kind = "reranker"
+
+    def __init__(self, reranker: RerankerBackend, limits: BatchLimits, metrics: ServerMetrics) -> None:
+        super().__init__(reranker, limits, metrics)  # type: ignore[arg-type]  # only info and the pass are used
+        self._reranker = reranker
+
+    async def rerank(self, query: str, documents: Sequence[str], instruction: str | None) -> RerankResult:
+        if self._wakeup is None:
+            raise RuntimeError("RerankBatcher.start() was not called")
+        max_length = self._reranker.info.max_length
+        pending = _PendingRerank(
+            texts=list(documents), dimensions=None,
+            tokens=sum(estimate_tokens(query + d, max_length) for d in documents),
+            future=asyncio.get_running_loop().create_future(), query=query, instruction=instruction)
+        self._queue.append(pending)
+        self._metrics.queue_depth.labels(self.kind).set(len(self._queue))
+        self._wakeup.set()
+        return await pending.future
+
+    def _rerank_many(self, batch: list[_PendingRerank]) -> list[RerankResult]:
+        requests = [(p.query, p.texts, p.instruction) for p in batch]
+        many = getattr(self._reranker, "rerank_many", None)
+        if many is not None:
+            return many(requests)
+        return [self._reranker.rerank(q, docs, instruction=i) for q, docs, i in requests]
+
+    async def _forward(self, batch: list[_Pending]) -> None:  # type: ignore[override]
+        reranks = [p for p in batch if isinstance(p, _PendingRerank)]
+        started = time.perf_counter()
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executor, functools.partial(self._rerank_many, reranks))
+        except Exception as exc:
+            if len(reranks) > 1:
+                # One bad request must not fail the others merged with it: run each on its own.
+                for p in reranks:
+                    await self._forward([p])
+            elif not reranks[0].future.done():
+                reranks[0].future.set_exception(exc)
+            return
+        inputs = sum(len(p.texts) for p in reranks)
+        self._metrics.forward_latency.labels(self.kind).observe(time.perf_counter() - started)
+        self._metrics.batch_inputs.labels(self.kind).observe(inputs)
+        self._metrics.batch_requests.labels(self.kind).observe(len(reranks))
+        self._metrics.inputs.labels(self.kind).inc(inputs)
+        self._metrics.truncations.labels(self.kind).inc(sum(r.truncated for r in results))
+        for p, result in zip(reranks, results, strict=True):
+            if not p.future.done():
+                p.future.set_result(result)

@@ -15,9 +15,8 @@ spend a forward pass on a caller that has gone.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -104,33 +103,3 @@ async def answer_while_connected(request: Request, work: Awaitable[T], limits: R
     metrics.rejected.labels("deadline").inc()
     raise RequestError(504, f"the request was not answered within the worker's --request-timeout "
                             f"({limits.timeout:g} s)", "timeout")
-
-
-class SerialPasses:
-    """Runs blocking model calls one at a time on a dedicated thread, in arrival order. A call whose
-    awaiting task is cancelled while it waits for its turn never runs; one already running finishes
-    (a forward pass cannot be interrupted) and its result is dropped."""
-
-    def __init__(self, name: str) -> None:
-        self._turn = asyncio.Lock()
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
-
-    async def run(self, fn: Callable[[], T]) -> T:
-        await self._turn.acquire()  # cancelled here: the call never runs
-        loop = asyncio.get_running_loop()
-        try:
-            running = self._executor.submit(fn)
-        except BaseException:
-            self._turn.release()
-            raise
-
-        def end_turn(_: object) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed at shutdown: nobody waits any more
-                loop.call_soon_threadsafe(self._turn.release)
-
-        # The turn ends when the thread is done, not when a cancelled caller stops waiting for it.
-        running.add_done_callback(end_turn)
-        return await asyncio.wrap_future(running)
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=False)

@@ -30,6 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default=None, help="backend dtype (float32, float16, bfloat16)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--batch-size", type=int, default=64, help="rows per claim (default 64)")
+    p.add_argument("--max-batch-tokens", type=int, default=None,
+                   help="transformers backend: padded tokens per forward pass (default 16384); a claim and a merged "
+                        "request batch are sorted by length and cut into passes within it")
+    p.add_argument("--max-padding", type=float, default=None,
+                   help="transformers backend: share of a forward pass's tokens that may be padding (default 0.1)")
     p.add_argument("--prefetch", type=int, default=1, help="batches claimed ahead while the model runs (default 1)")
     p.add_argument("--writers", type=int, default=1,
                    help="write-back connections (more help with a fast model and a database with spare cores)")
@@ -141,6 +146,8 @@ def _worker(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     backend_options: dict[str, Any] = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v}
+    backend_options |= {k: v for k, v in (("max_batch_tokens", args.max_batch_tokens),
+                                          ("max_padding", args.max_padding)) if v is not None}
     try:
         options = ConsumerOptions(
             batch_size=args.batch_size, prefetch=args.prefetch, writers=args.writers,

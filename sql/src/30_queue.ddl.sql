@@ -25,7 +25,10 @@ CREATE TABLE qwen.queue (
     last_error      text,
     failed_at       timestamptz,                      -- parked after too many attempts
     PRIMARY KEY (registration_id, target, key)
-) WITH (fillfactor = 70);  -- room on each page, so a claim's lease update is a HOT update (no index writes)
+) WITH (fillfactor = 45);
+-- Half of each page stays free: a claim leases every entry of a page at once (they are claimed in the order
+-- they were queued), and each new row version must fit on the same page for the update to be HOT (no index
+-- writes). At 70 only about half of the leases were HOT (docs/QUEUE.md "Performance").
 COMMENT ON TABLE qwen.queue IS 'rows waiting to be (re-)embedded; parked entries have failed_at and last_error';
 CREATE INDEX queue_claim_order ON qwen.queue (registration_id, target, enqueued_at) WHERE failed_at IS NULL;
 -- (no index on leased_by: it would make every lease a non-HOT update; the few lookups by worker are rare)

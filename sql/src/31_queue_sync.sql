@@ -170,6 +170,9 @@ CREATE OR REPLACE FUNCTION qwen._sync() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET "DateStyle" = 'ISO, YMD' SET "IntervalStyle" = 'postgres' SET extra_float_digits = 3 SET "TimeZone" = 'UTC'
+-- the old/new rows join by key: hashed, never a nested loop over both transition tables (quadratic in the
+-- statement's rows), whatever the caller set (qwen.write_back turns hash joins off for its own lookups)
+SET enable_hashjoin = on
 AS $$
 DECLARE
     r qwen.registrations := qwen._sync_registration(TG_ARGV[0], TG_RELID);
