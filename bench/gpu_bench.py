@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     with admin_dsn(args.dsn) as admin:
         dsn = fresh_database(admin, "qwen_bench_gpu")
         try:
-            piped = pipeline_rate(dsn, backend, texts, backend.info.dimension, args.batch_size)
+            piped, _ = pipeline_rate(dsn, backend, texts, backend.info.dimension, args.batch_size)
             rows.append(Row("pipeline: COPY → trigger → queue → worker → written", f"{piped:,.1f} rows/s",
                             piped * args.tokens))
             with request_server(dsn, backend):
