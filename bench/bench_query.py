@@ -121,12 +121,12 @@ def bench_throughput(dsn: str, clients: int, per_client: int) -> float:
     return asyncio.run(run())
 
 
-def mean_batch_requests(socket_path: Path) -> float:
-    """Requests merged per embedding forward pass, from the server's /metrics."""
+def mean_batch_requests(socket_path: Path, kind: str = "embedding") -> float:
+    """Requests merged per forward pass of one model kind ("embedding" or "reranker"), from /metrics."""
     text = httpx.Client(transport=httpx.HTTPTransport(uds=str(socket_path))).get("http://w/metrics").text
     values = {}
     for line in text.splitlines():
-        if line.startswith("qwen_server_batch_requests_") and 'kind="embedding"' in line:
+        if line.startswith("qwen_server_batch_requests_") and f'kind="{kind}"' in line:
             values[line.split("{")[0]] = float(line.split()[-1])
     count = values.get("qwen_server_batch_requests_count", 0.0)
     return values.get("qwen_server_batch_requests_sum", 0.0) / count if count else 0.0

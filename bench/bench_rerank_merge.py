@@ -19,13 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_backend import cpu_name  # noqa: E402
-from bench_query import bench_database, models_for, worker_process  # noqa: E402
+from bench_query import bench_database, mean_batch_requests, models_for, worker_process  # noqa: E402
 
 TOPICS = ["vectors", "indexes", "queues", "replicas", "tokens", "batches", "leases", "vacuum"]
 
@@ -57,16 +56,6 @@ def rerank_rate(dsn: str, clients: int, per_client: int, documents: int) -> floa
     return asyncio.run(run())
 
 
-def requests_per_pass(socket_path: Path) -> float:
-    text = httpx.Client(transport=httpx.HTTPTransport(uds=str(socket_path))).get("http://w/metrics").text
-    values = {}
-    for line in text.splitlines():
-        if line.startswith("qwen_server_batch_requests_") and 'kind="reranker"' in line:
-            values[line.split("{")[0]] = float(line.split()[-1])
-    count = values.get("qwen_server_batch_requests_count", 0.0)
-    return values.get("qwen_server_batch_requests_sum", 0.0) / count if count else 0.0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=["tiny", "small", "mid"], default="mid")
@@ -87,7 +76,7 @@ def main() -> None:
         for label, merging in (("one per forward pass (before)", False), ("merged (now)", True)):
             with worker_process(socket_path, embed_path, rerank_path, batching=merging, threads=args.threads):
                 rates[label] = rerank_rate(dsn, args.clients, args.per_client, args.documents)
-                per_pass = requests_per_pass(socket_path)
+                per_pass = mean_batch_requests(socket_path, "reranker")
             first = next(iter(rates.values()))
             print(f"| {label}, {args.clients} callers × {args.documents} documents ({args.shape} model) "
                   f"| {rates[label]:.1f} | {per_pass:.1f} | {rates[label] / first:.2f} |", flush=True)
