@@ -167,3 +167,43 @@ def test_a_waiting_worker_stops_cleanly_on_sigterm(bare_db, tiny_embedder):
     assert not any("Traceback" in line for line in lines), "".join(lines)
     with psycopg.connect(bare_db) as conn:  # it left nothing behind
         assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'qwen'").fetchone() == (0,)
+
+
+def test_a_worker_on_the_remote_backend_embeds_through_an_openai_compatible_server(db, tiny_embedder,
+                                                                                    tiny_reranker, tmp_path):
+    """`qwen-pg worker --backend remote --url …`: the queue is worked here, the model runs on the server (a vLLM
+    fleet in production; a request server on the tiny model stands in for it, reached over a unix socket)."""
+    from embedder_worker.server import start_server
+    from tests.fixtures.worker import metric, server_client, socket_dir
+
+    fleet = start_server(f"unix://{socket_dir()}/fleet.sock", tiny_embedder, tiny_reranker)
+    try:
+        conn = connect(db)
+        model = tiny_embedder.info.name
+        _fill_docs(conn, model)
+        command = [arg for arg in worker_command(db, model, "--backend", "remote", "--url", fleet.url,
+                                                 "--exit-when-idle")
+                   if arg not in ("--device", "cpu", "--dtype", "float32")]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=180,
+                              env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert assert_vectors_are_embeddings(conn, "docs", tiny_embedder, 64) == 20
+        with server_client(fleet) as client:  # the vectors were computed there, not in the worker process
+            assert metric(client, 'qwen_server_inputs_total{kind="embedding"}') >= 20
+    finally:
+        fleet.stop()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (("--backend", "remote"), "--backend remote needs --url (or $QWEN_PG_REMOTE_URL)"),
+    (("--url", "http://gpu-1:8000"), "--url is for --backend remote"),
+    (("--backend", "remote", "--url", "http://gpu-1:8000", "--max-batch-tokens", "4096"),
+     "--max-batch-tokens does not apply to --backend remote"),
+])
+def test_remote_backend_options_are_checked_before_anything_starts(db, extra, message):
+    done = subprocess.run([str(worker_command(db, "m")[0]), "worker", "--dsn", db, "--model", "m", *extra],
+                          capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "QWEN_PG_REMOTE_URL"})
+    assert done.returncode == 1
+    assert len(done.stderr.strip().splitlines()) == 1  # one line, no traceback
+    assert done.stderr.startswith("qwen-pg: error: ") and message in done.stderr

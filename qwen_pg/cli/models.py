@@ -11,6 +11,7 @@ from typing import Any
 
 from .._models import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
 from . import CLIError
+from ._remote import add_url_option, remote_url
 
 BACKEND_CHOICES = ("transformers", "sentence-transformers", "vllm", "remote")
 
@@ -47,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="transformers")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--url", default=None, help="with --backend remote: the server's base URL")
+    add_url_option(p)
     p.set_defaults(func=_verify_real_models)
 
 
@@ -62,16 +63,14 @@ def _model_options(p: argparse.ArgumentParser, *, kind: str) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: a GPU when there is one)")
     p.add_argument("--dtype", default=None, choices=("auto", "float32", "float16", "bfloat16"))
     p.add_argument("--max-length", type=int, default=None, help="tokens per input before truncation")
-    p.add_argument("--url", default=os.environ.get("QWEN_PG_REMOTE_URL"),
-                   help="with --backend remote: the OpenAI-compatible server's base URL")
+    add_url_option(p)
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {}
-    if args.backend == "remote":
-        if not args.url:
-            raise CLIError("--backend remote needs --url (or $QWEN_PG_REMOTE_URL)")
-        options["url"] = args.url
+    url = remote_url(args.backend, args.url)
+    if url:
+        options["url"] = url
     elif args.backend != "vllm" and args.device:
         options["device"] = args.device
     if args.dtype and args.backend != "remote":
@@ -187,10 +186,9 @@ def _verify_real_models(args: argparse.Namespace) -> int:
     from embedder_worker.model.verify import run_official_example, why_weights_unavailable
 
     options: dict[str, Any] = {}
-    if args.backend == "remote":
-        if not args.url:
-            raise CLIError("--backend remote needs --url")
-        options["url"] = args.url
+    url = remote_url(args.backend, args.url)
+    if url:
+        options["url"] = url
     else:
         options["dtype"] = args.dtype
         if args.device and args.backend != "vllm":

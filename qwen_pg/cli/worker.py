@@ -12,6 +12,7 @@ from typing import Any
 
 from .._models import DEFAULT_EMBEDDING_MODEL
 from . import CLIError
+from ._remote import add_url_option, remote_url
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default=None,
                    help="transformers | vllm | sentence-transformers | remote (default: the model's own, "
                         "else transformers)")
+    add_url_option(p)
     p.add_argument("--device", default=None, help="backend device (cpu, cuda, …)")
     p.add_argument("--dtype", default=None, help="backend dtype (float32, float16, bfloat16)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -148,6 +150,12 @@ def _worker(args: argparse.Namespace) -> int:
     backend_options: dict[str, Any] = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v}
     backend_options |= {k: v for k, v in (("max_batch_tokens", args.max_batch_tokens),
                                           ("max_padding", args.max_padding)) if v is not None}
+    url = remote_url(args.backend, args.url)
+    if url:
+        if backend_options:  # the server runs the model: its device, dtype and batching are its own
+            raise CLIError(f"--{next(iter(backend_options)).replace('_', '-')} does not apply to --backend remote "
+                           "(the remote server runs the model)")
+        backend_options = {"url": url}
     try:
         options = ConsumerOptions(
             batch_size=args.batch_size, prefetch=args.prefetch, writers=args.writers,
