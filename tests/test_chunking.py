@@ -148,6 +148,40 @@ def test_update_replaces_and_delete_and_truncate_remove_chunks(chunked, tokenize
     assert conn.execute("SELECT to_regclass(%s)", (f"qwen.chunks_{reg}",)).fetchone()[0] is None
 
 
+def test_deletes_truncates_and_detaches_aimed_at_one_partition_take_its_rows_chunks(worker_db, tiny_models,
+                                                                                     tiny_embedder):
+    """A DELETE or TRUNCATE of one partition fires that partition's triggers, not the parent's: each partition
+    (and one created after the registration) carries the chunk triggers; a detached partition's rows leave."""
+    conn = connect(worker_db)
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text) PARTITION BY RANGE (id)")
+    conn.execute("CREATE TABLE docs_a PARTITION OF docs FOR VALUES FROM (0) TO (100)")
+    conn.execute("CREATE TABLE docs_b PARTITION OF docs FOR VALUES FROM (100) TO (200)")
+    reg = conn.execute("SELECT qwen_register('docs', 'body', model => %s, dimensions => %s, chunk_tokens => %s, "
+                       "chunk_overlap => %s)", (str(tiny_models.embed), DIMS, N, M)).fetchone()[0]
+    conn.execute("CREATE TABLE docs_c PARTITION OF docs FOR VALUES FROM (200) TO (300)")  # after registering
+    conn.execute("INSERT INTO docs VALUES (1, %s), (2, %s), (101, %s), (102, %s), (201, %s), (202, %s)",
+                 (ENGLISH, "Tea is a drink.") * 3)
+
+    def keys_with_chunks() -> set[int]:
+        return {int(k[0]) for (k,) in conn.execute(f"SELECT DISTINCT key FROM qwen.chunks_{reg}")}
+
+    run_until_idle(worker_db, tiny_embedder, model=str(tiny_models.embed))
+    assert keys_with_chunks() == {1, 2, 101, 102, 201, 202}
+    conn.execute("DELETE FROM docs_a WHERE id = 1")
+    conn.execute("DELETE FROM docs_c WHERE id = 201")
+    assert keys_with_chunks() == {2, 101, 102, 202}
+    conn.execute("TRUNCATE docs_b")  # only that partition's rows lose their chunks
+    assert keys_with_chunks() == {2, 202}
+    conn.execute("ALTER TABLE docs DETACH PARTITION docs_c")
+    assert keys_with_chunks() == {2}
+    conn.execute("DELETE FROM docs_c")  # no longer registered: no trigger left there
+    assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'docs_c'::regclass "
+                        "AND NOT tgisinternal").fetchone() == (0,)
+    conn.execute("SELECT qwen_unregister('docs')")
+    assert conn.execute("SELECT count(*) FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
+                        "WHERE p.proname = '_chunks_forget'").fetchone() == (0,)
+
+
 def _claim(conn, reg: int) -> tuple[int, list]:
     worker = conn.execute("SELECT qwen.worker_start('m', 'test', 'h', 1, '1 hour')").fetchone()[0]
     rows = conn.execute("SELECT key, version, body, body_hash, model, dimensions "

@@ -300,7 +300,7 @@ BEGIN
     r := qwen._find_registration(source, embedding_column);
     PERFORM qwen._drop_triggers(r.id);
     PERFORM qwen._drop_text_index(r.id, r.source);
-    PERFORM qwen._drop_chunk_triggers(r.id, r.source);  -- the chunk table goes with the registration row
+    PERFORM qwen._drop_chunk_triggers(r.id);  -- the chunk table goes with the registration row
     IF r.next_column IS NOT NULL THEN
         EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', r.source, r.next_column);
     END IF;

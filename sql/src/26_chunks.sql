@@ -66,35 +66,72 @@ BEGIN
 END
 $$;
 
--- The triggers that remove the chunks of deleted and truncated rows (on the registered table, as its owner).
+-- The triggers that remove the chunks of deleted and truncated rows, on the registered table and on every
+-- partition below it (a statement trigger on the parent does not fire for a DELETE or TRUNCATE aimed at one
+-- partition). Runs as the caller, who owns the tables; qwen._on_ddl_end calls it again when partitions are
+-- created or attached. Idempotent.
 CREATE OR REPLACE FUNCTION qwen._install_chunk_triggers(p_id int) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     r qwen.registrations;
+    tbl regclass;
 BEGIN
     SELECT * INTO STRICT r FROM qwen.registrations x WHERE x.id = p_id;
-    EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS qwen_old_rows'
-                   ' FOR EACH STATEMENT EXECUTE FUNCTION qwen._chunks_forget(%L)',
-                   format('qwen_chunks_%s_delete', p_id), r.source, p_id);
-    EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION qwen._chunks_forget(%L)',
-                   format('qwen_chunks_%s_truncate', p_id), r.source, p_id);
+    FOR tbl IN SELECT pt.relid FROM qwen._tree(r.source) AS pt(relid) LOOP
+        EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS qwen_old_rows'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION qwen._chunks_forget(%L)',
+                       format('qwen_chunks_%s_delete', p_id), tbl, p_id);
+        EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION qwen._chunks_forget(%L)',
+                       format('qwen_chunks_%s_truncate', p_id), tbl, p_id);
+    END LOOP;
 END
 $$;
 
-CREATE OR REPLACE FUNCTION qwen._drop_chunk_triggers(p_id int, p_source regclass) RETURNS void
+-- Drop a registration's chunk triggers wherever they are: its table, its partitions, and tables that left
+-- its tree (DETACH PARTITION).
+CREATE OR REPLACE FUNCTION qwen._drop_chunk_triggers(p_id int) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    t record;
 BEGIN
-    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', format('qwen_chunks_%s_delete', p_id), p_source);
-    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', format('qwen_chunks_%s_truncate', p_id), p_source);
+    FOR t IN SELECT tg.tgrelid::regclass AS tbl, tg.tgname FROM pg_trigger tg
+              WHERE tg.tgfoid = 'qwen._chunks_forget()'::regprocedure
+                AND tg.tgargs = convert_to(p_id::text, 'UTF8') || '\x00'::bytea
+    LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', t.tgname, t.tbl);
+    END LOOP;
+END
+$$;
+
+-- Remove the chunks whose source row is gone (after a partition was truncated or detached). Reads the
+-- registered table as the extension owner without row-level security (a tenant's policy never runs with
+-- borrowed rights; only built-in key types are compared, checked first).
+CREATE OR REPLACE FUNCTION qwen._chunks_forget_orphans(r qwen.registrations) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET row_security = off
+SET "DateStyle" = 'ISO, YMD' SET "IntervalStyle" = 'postgres' SET extra_float_digits = 3 SET "TimeZone" = 'UTC'
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    PERFORM qwen._assert_columns_safe(r);
+    EXECUTE format('DELETE FROM qwen.%I AS c WHERE NOT EXISTS (SELECT 1 FROM %s%s AS t WHERE %s)',
+                   qwen._chunk_table(r.id),
+                   CASE WHEN (SELECT x.relkind FROM pg_class x WHERE x.oid = r.source) = 'r' THEN 'ONLY ' ELSE '' END,
+                   r.source, qwen._key_match(r.key_columns, r.key_types, 't', 'c.key'));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
 END
 $$;
 
 -- Deleted or truncated source rows take their chunks with them. SECURITY DEFINER (a writer of the source
--- table has no rights on the chunk table); reachable only as a trigger on the registration's own table.
+-- table has no rights on the chunk table); reachable only as a trigger on the registration's own table
+-- or one of its partitions.
 CREATE OR REPLACE FUNCTION qwen._chunks_forget() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -111,9 +148,12 @@ BEGIN
     IF to_regclass(format('qwen.%I', tbl)) IS NULL THEN
         RETURN NULL;
     END IF;
-    IF TG_OP = 'TRUNCATE' THEN
+    IF TG_OP = 'TRUNCATE' AND TG_RELID = r.source THEN
         EXECUTE format('TRUNCATE qwen.%I', tbl);
+    ELSIF TG_OP = 'TRUNCATE' THEN  -- one partition: the chunks of the rows that are gone
+        PERFORM qwen._chunks_forget_orphans(r);
     ELSE
+        PERFORM qwen._assert_columns_safe(r);
         EXECUTE format('DELETE FROM qwen.%I AS c WHERE c.key IN (SELECT %s FROM qwen_old_rows AS o)',
                        tbl, qwen._key_array(r.key_columns, 'o'));
     END IF;

@@ -287,15 +287,22 @@ BEGIN
                 PERFORM qwen._enqueue_rows(r, tg, part) FROM unnest(qwen._targets(r.next_column)) AS tg;
             END IF;
         END LOOP;
+        IF r.chunk_tokens IS NOT NULL THEN  -- deletes and truncates aimed at the new partitions take chunks too
+            PERFORM qwen._install_chunk_triggers(r.id);
+        END IF;
     END LOOP;
-    -- triggers left on tables that left their registration's tree (DETACH PARTITION)
-    FOR t IN SELECT tg.tgrelid::regclass AS tbl, tg.tgname
+    -- triggers left on tables that left their registration's tree (DETACH PARTITION); the chunks of a
+    -- detached partition's rows go with them (those rows are no longer the registered table's)
+    FOR t IN SELECT tg.tgrelid::regclass AS tbl, tg.tgname, tg.tgfoid, reg AS r
                FROM pg_trigger tg
                JOIN qwen.registrations reg ON tg.tgargs = convert_to(reg.id::text, 'UTF8') || '\x00'::bytea
-              WHERE tg.tgfoid = 'qwen._sync()'::regprocedure
+              WHERE tg.tgfoid IN ('qwen._sync()'::regprocedure, 'qwen._chunks_forget()'::regprocedure)
                 AND tg.tgrelid NOT IN (SELECT pt.relid FROM qwen._tree(reg.source) AS pt(relid))
     LOOP
         EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', t.tgname, t.tbl);
+        IF t.tgfoid = 'qwen._chunks_forget()'::regprocedure AND t.tgname = format('qwen_chunks_%s_delete', (t.r).id) THEN
+            PERFORM qwen._chunks_forget_orphans(t.r);
+        END IF;
     END LOOP;
 END
 $$;
