@@ -22,7 +22,7 @@ class BuildPyWithData(build_py):
         root = Path(__file__).resolve().parent
         target = Path(self.build_lib) / "qwen_pg" / "_data"
         for name in DATA_DIRS:
-            # sql/qwen--*.sql would be upgrade scripts: keep them, only the extension dir's built ones go
+            # sql/ goes whole (frozen scripts included); only the extension dir's build artifacts stay out
             ignore = BUILD_ARTIFACTS if name == "extension" else shutil.ignore_patterns("__pycache__", "*.pyc")
             shutil.rmtree(target / name, ignore_errors=True)
             shutil.copytree(root / name, target / name, ignore=ignore)

@@ -76,15 +76,20 @@ def _scratch_copy(build: Path) -> None:
     shutil.copytree(root / "sql", build / "sql")
 
 
-def build_install_script(version: str, pg_config: Path | str | None = None) -> str:
-    """The extension's install script for the current version, exactly as `make` builds it."""
+def build_script(name: str, pg_config: Path | str | None = None) -> str:
+    """One of the scripts `make` builds for the current version, exactly as it builds it: the install script
+    `qwen--<version>.sql` or an upgrade `qwen--<old>--<version>.sql`."""
     pg_config = str(pg_config or embedded.pg_config_path())
     with tempfile.TemporaryDirectory(prefix="qwen-ext-sql-") as tmp:
         build = Path(tmp)
         _scratch_copy(build)
-        name = f"qwen--{version}.sql"
         _make([f"PG_CONFIG={pg_config}", name], build / "extension")
         return (build / "extension" / name).read_text(encoding="utf-8")
+
+
+def build_install_script(version: str, pg_config: Path | str | None = None) -> str:
+    """The extension's install script for the current version, exactly as `make` builds it."""
+    return build_script(f"qwen--{version}.sql", pg_config)
 
 
 def build_and_install(pg_config: Path | str, prefix: Path | None = None) -> None:

@@ -50,11 +50,31 @@ def released_dir() -> Path:
     return sql_dir() / "released"
 
 
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in version.split("."))
+
+
 def released_versions() -> list[str]:
     """Versions whose install scripts are frozen in sql/released/ (oldest first)."""
     found = [p.name[len("qwen--"):-len(".sql")] for p in released_dir().glob("qwen--*.sql")
-             if not p.name.endswith(SQL_ONLY_SUFFIX)]
-    return sorted(found, key=lambda v: tuple(int(x) for x in v.split(".")))
+             if not p.name.endswith(SQL_ONLY_SUFFIX) and "--" not in p.name[len("qwen--"):]]
+    return sorted(found, key=_version_key)
+
+
+def released_upgrades() -> dict[str, str]:
+    """Frozen upgrade steps in sql/released/ (`qwen--A--B.sql` and its SQL-only twin), as {A: B}."""
+    steps = {}
+    for p in released_dir().glob(f"qwen--*--*{SQL_ONLY_SUFFIX}"):
+        old, new = p.name[len("qwen--"):-len(SQL_ONLY_SUFFIX)].split("--")
+        steps[old] = new
+    return steps
+
+
+def upgrade_sources() -> list[str]:
+    """The versions with an upgrade to the current version built from sql/upgrade/<old>--<current>/."""
+    suffix = f"--{current_version()}"
+    return sorted((d.name[:-len(suffix)] for d in (sql_dir() / "upgrade").glob(f"*{suffix}") if d.is_dir()),
+                  key=_version_key)
 
 
 SQL_ONLY_SUFFIX = ".sqlonly.sql"
@@ -84,17 +104,45 @@ def render_script(version: str | None = None, *, schema: str = "public", vector_
     return _fill(sql_only_template(version), schema, vector_schema)
 
 
-def upgrade_template(old: str) -> str:
-    """The SQL-only upgrade from `old` to the current version, placeholders still in: the once-per-version
-    fragments of sql/upgrade/<old>--<current>/ followed by every idempotent source (all but *.ddl.sql),
-    as the extension Makefile builds qwen--<old>--<current>.sql."""
+def _built_upgrade_template(old: str) -> str:
     fragments = sql_dir() / "upgrade" / f"{old}--{current_version()}"
-    if not fragments.is_dir():
-        raise SQLInstallError(f"no upgrade from qwen {old} to {current_version()} (no {fragments})")
     paths = sorted(fragments.glob("*.sql")) + [p for p in source_files(c_module=False)
                                                  if not p.name.endswith(".ddl.sql")]
     return "\n".join(f"-- ---- {path.name}\n{_EXTENSION_ONLY.sub('', path.read_text(encoding='utf-8'))}"
                      for path in paths)
+
+
+def upgrade_path(old: str) -> list[str]:
+    """The versions an install of `old` passes through to reach the current one (`old` excluded): frozen
+    steps of sql/released/ first, then the built step to the current version — the path ALTER EXTENSION
+    UPDATE takes with the scripts the Makefile installs."""
+    current, frozen, built = current_version(), released_upgrades(), set(upgrade_sources())
+    path, at = [], old
+    while at != current:
+        if at in built:
+            at = current
+        elif at in frozen:
+            at = frozen[at]
+        else:
+            raise SQLInstallError(f"no upgrade from qwen {at} to {current} (no sql/upgrade/{at}--{current}/ "
+                                  f"and no frozen sql/released/qwen--{at}--*.sql)")
+        path.append(at)
+    return path
+
+
+def upgrade_template(old: str) -> str:
+    """The SQL-only upgrade from `old` to the current version, placeholders still in: each frozen step's
+    SQL-only script, then the step to the current version built as the extension Makefile builds
+    qwen--<old>--<current>.sql (its once-per-version fragments of sql/upgrade/<old>--<current>/ followed by
+    every idempotent source, all but *.ddl.sql)."""
+    parts, at = [], old
+    for version in upgrade_path(old):
+        if version == current_version() and at in upgrade_sources():
+            parts.append(_built_upgrade_template(at))
+        else:
+            parts.append((released_dir() / f"qwen--{at}--{version}{SQL_ONLY_SUFFIX}").read_text(encoding="utf-8"))
+        at = version
+    return "\n".join(parts)
 
 
 def upgrade_sql(conn: psycopg.Connection, *, schema: str = "public") -> str:
@@ -113,19 +161,23 @@ def upgrade_sql(conn: psycopg.Connection, *, schema: str = "public") -> str:
     return current_version()
 
 
-def freeze(version: str | None = None) -> list[Path]:
-    """Release the current version: write its extension and SQL-only install scripts to sql/released/.
-    A released script never changes again; the next change to sql/src needs a new version and an
-    upgrade script (docs/DEVELOPING.md)."""
-    from .extension_install import build_install_script
+def freeze() -> list[Path]:
+    """Release the current version: write to sql/released/ its extension and SQL-only install scripts and
+    every upgrade to it (`qwen--<old>--<version>.sql`, as the Makefile builds it, and its SQL-only twin).
+    A released script never changes again; the next change to sql/src needs a new version and an upgrade
+    (docs/DEVELOPING.md)."""
+    from .extension_install import build_install_script, build_script
 
-    version = version or current_version()
+    version = current_version()
     released_dir().mkdir(exist_ok=True)
-    ext = released_dir() / f"qwen--{version}.sql"
-    ext.write_text(build_install_script(version), encoding="utf-8")
-    only = released_dir() / f"qwen--{version}{SQL_ONLY_SUFFIX}"
-    only.write_text(sql_only_template(version), encoding="utf-8")
-    return [ext, only]
+    written = {released_dir() / f"qwen--{version}.sql": build_install_script(version),
+               released_dir() / f"qwen--{version}{SQL_ONLY_SUFFIX}": sql_only_template(version)}
+    for old in upgrade_sources():
+        written[released_dir() / f"qwen--{old}--{version}.sql"] = build_script(f"qwen--{old}--{version}.sql")
+        written[released_dir() / f"qwen--{old}--{version}{SQL_ONLY_SUFFIX}"] = _built_upgrade_template(old)
+    for path, text in written.items():
+        path.write_text(text, encoding="utf-8")
+    return list(written)
 
 
 def _quote_ident(name: str) -> str:

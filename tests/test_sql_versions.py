@@ -24,9 +24,14 @@ def test_a_released_version_is_frozen():
     frozen = (sql_install.released_dir() / f"qwen--{version}.sql").read_text(encoding="utf-8")
     assert extension_install.build_install_script(version) == frozen, (
         f"sql/src no longer builds the released qwen {version}: bump default_version in extension/qwen.control "
-        "and add sql/qwen--<old>--<new>.sql (docs/DEVELOPING.md)")
+        "and add sql/upgrade/<old>--<new>/ (docs/DEVELOPING.md)")
     frozen_sql_only = (sql_install.released_dir() / f"qwen--{version}{sql_install.SQL_ONLY_SUFFIX}").read_text()
     assert sql_install.sql_only_template() == frozen_sql_only
+    for old in sql_install.upgrade_sources():  # and so do the upgrades to it
+        name = f"qwen--{old}--{version}"
+        assert extension_install.build_script(f"{name}.sql") == (sql_install.released_dir() / f"{name}.sql").read_text()
+        assert sql_install.upgrade_template(old) == (
+            sql_install.released_dir() / f"{name}{sql_install.SQL_ONLY_SUFFIX}").read_text()
 
 
 def _first_statement(text: str) -> str:
@@ -34,11 +39,17 @@ def _first_statement(text: str) -> str:
 
 
 def test_scripts_cannot_be_fed_to_psql():
-    install = extension_install.build_install_script(sql_install.current_version())
+    version = sql_install.current_version()
+    install = extension_install.build_install_script(version)
     assert _first_statement(install) == '\\echo Use "CREATE EXTENSION qwen" to load this file. \\quit'
-    for script in sorted(sql_install.sql_dir().glob("qwen--*--*.sql")):
-        first = _first_statement(script.read_text())
-        assert first.startswith('\\echo Use "ALTER EXTENSION qwen UPDATE') and first.endswith("\\quit"), script.name
+    upgrades = {f"built qwen--{old}--{version}.sql": extension_install.build_script(f"qwen--{old}--{version}.sql")
+                for old in sql_install.upgrade_sources()}
+    upgrades |= {p.name: p.read_text() for p in sql_install.released_dir().glob("qwen--*--*.sql")
+                 if not p.name.endswith(sql_install.SQL_ONLY_SUFFIX)}
+    assert upgrades
+    for name, script in upgrades.items():
+        first = _first_statement(script)
+        assert first.startswith('\\echo Use "ALTER EXTENSION qwen UPDATE') and first.endswith("\\quit"), name
 
 
 def test_the_released_script_installs(bare_db):
@@ -148,3 +159,77 @@ def test_registrations_and_queue_entries_of_an_older_version_keep_working_after_
     assert conn.execute("SELECT count(*) FROM qwen.queue").fetchone() == (0,)
     assert conn.execute("SELECT index_ready FROM qwen_status").fetchone() == (True,)  # its old index name
     conn.close()
+
+
+def _bump(root, old: str, new: str) -> None:
+    """What a developer does to start the next version (docs/DEVELOPING.md): the control file, the module
+    header, the version function, and an upgrade fragment directory."""
+    for rel in ("extension/qwen.control", "extension/src/qwen.h", "sql/src/01_version.sql"):
+        path = root / rel
+        path.write_text(path.read_text().replace(f"'{old}'", f"'{new}'").replace(f'"{old}"', f'"{new}"'))
+    (root / "sql" / "upgrade" / f"{old}--{new}").mkdir()
+    (root / "sql" / "upgrade" / f"{old}--{new}" / "10_note.sql").write_text("-- nothing changes but the version\n")
+
+
+def test_the_release_procedure_freezes_every_script_and_the_next_version_upgrades_through_them(
+        tmp_path, monkeypatch, pg_server):
+    """`freeze` in a copy of the sources, then the next version begun: every released version still reaches
+    it (frozen steps, then the built one), for the extension's files and for the SQL-only install."""
+    import shutil
+
+    from qwen_pg import _resources
+    from tests.fixtures.db import create_database, drop_database
+
+    root = tmp_path / "src"
+    shutil.copytree(extension_install.source_root() / "extension", root / "extension",
+                    ignore=shutil.ignore_patterns("*.o", "*.so", "*.bc"))
+    shutil.copytree(extension_install.source_root() / "sql", root / "sql")
+    monkeypatch.setattr(_resources, "data_root", lambda: root)
+    version = sql_install.current_version()
+    olders = sql_install.upgrade_sources()
+    assert olders, "nothing upgrades to the current version"
+
+    written = {p.name for p in sql_install.freeze()}
+    assert written >= {f"qwen--{version}.sql", f"qwen--{version}.sqlonly.sql",
+                       *(f"qwen--{o}--{version}.sql" for o in olders),
+                       *(f"qwen--{o}--{version}.sqlonly.sql" for o in olders)}
+    if version in RELEASED:  # freezing the released version again changes nothing
+        for name in written:
+            assert (root / "sql" / "released" / name).read_text() == (sql_install.released_dir() / name).read_text()
+    for old in olders:
+        assert sql_install.upgrade_path(old) == [version]
+
+    major, minor, patch = (int(x) for x in version.split("."))
+    nxt = f"{major}.{minor}.{patch + 1}"
+    _bump(root, version, nxt)
+    assert sql_install.current_version() == nxt and sql_install.released_versions()[-1] == version
+    installed = _scripts_make_install_copies(root)
+    assert installed == {f"qwen--{v}.sql" for v in sql_install.released_versions()} | {f"qwen--{nxt}.sql"} | {
+        f"qwen--{o}--{version}.sql" for o in olders} | {f"qwen--{version}--{nxt}.sql"}
+    fresh, upgraded = create_database(pg_server, "template0"), create_database(pg_server, "template0")
+    try:
+        with psycopg.connect(pg_server.dsn(fresh), autocommit=True) as conn:
+            sql_install.install_sql(conn)
+            expected = conn.execute(CATALOG_SNAPSHOT).fetchall()
+        for old in olders:
+            assert sql_install.upgrade_path(old) == [version, nxt]
+        with psycopg.connect(pg_server.dsn(upgraded), autocommit=True) as conn:
+            sql_install.install_sql(conn, version=olders[0])
+            assert sql_install.upgrade_sql(conn) == nxt
+            assert conn.execute("SELECT qwen_version()").fetchone() == (nxt,)
+            assert conn.execute(CATALOG_SNAPSHOT).fetchall() == expected
+    finally:
+        drop_database(pg_server, fresh)
+        drop_database(pg_server, upgraded)
+
+
+def _scripts_make_install_copies(root) -> set[str]:
+    """The scripts `make install` would copy into the extension directory."""
+    import re
+    import subprocess
+
+    from qwen_pg import embedded
+
+    out = subprocess.run(["make", "-n", "install", f"PG_CONFIG={embedded.pg_config_path()}"], cwd=root / "extension",
+                         capture_output=True, text=True, check=True).stdout
+    return set(re.findall(r"qwen--[0-9.]+(?:--[0-9.]+)?\.sql", out))
