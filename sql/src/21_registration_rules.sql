@@ -27,6 +27,17 @@ AS $$
     SELECT p_source UNION SELECT pt.relid FROM pg_partition_tree(p_source) AS pt
 $$;
 
+-- How the extension owner names a registration's table (or one partition of it) in the FROM of a read it
+-- makes with its own rights: a plain table with ONLY, so an inheritance child added later (a foreign table,
+-- say) is never read; a partitioned table as itself (its partitions are checked to be tables when they
+-- join it: qwen._on_ddl_end).
+CREATE OR REPLACE FUNCTION qwen._owner_read_sql(p_table regclass) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN c.relkind = 'r' THEN 'ONLY ' ELSE '' END || p_table::text FROM pg_class c WHERE c.oid = p_table
+$$;
+
 -- The column types a text column may have: text, varchar, char, name.
 CREATE OR REPLACE FUNCTION qwen._text_type(p_type oid) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE

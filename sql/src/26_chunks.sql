@@ -120,10 +120,9 @@ DECLARE
     n bigint;
 BEGIN
     PERFORM qwen._assert_columns_safe(r);
-    EXECUTE format('DELETE FROM qwen.%I AS c WHERE NOT EXISTS (SELECT 1 FROM %s%s AS t WHERE %s)',
-                   qwen._chunk_table(r.id),
-                   CASE WHEN (SELECT x.relkind FROM pg_class x WHERE x.oid = r.source) = 'r' THEN 'ONLY ' ELSE '' END,
-                   r.source, qwen._key_match(r.key_columns, r.key_types, 't', 'c.key'));
+    EXECUTE format('DELETE FROM qwen.%I AS c WHERE NOT EXISTS (SELECT 1 FROM %s AS t WHERE %s)',
+                   qwen._chunk_table(r.id), qwen._owner_read_sql(r.source),
+                   qwen._key_match(r.key_columns, r.key_types, 't', 'c.key'));
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END

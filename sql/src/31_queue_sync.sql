@@ -88,10 +88,7 @@ DECLARE
     n bigint;
 BEGIN
     PERFORM qwen._assert_columns_safe(r);
-    -- ONLY for a plain table: an inheritance child added later (a foreign table, say) is not read
-    EXECUTE qwen._enqueue_sql(r, ARRAY[p_target],
-                              format('%s%s s', CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = p_table) = 'r'
-                                                    THEN 'ONLY ' ELSE '' END, p_table),
+    EXECUTE qwen._enqueue_sql(r, ARRAY[p_target], qwen._owner_read_sql(p_table) || ' s',
                               's', qwen._needs_embedding_sql(r, 's'), true);
     GET DIAGNOSTICS n = ROW_COUNT;
     PERFORM pg_notify('qwen_queue', r.id::text);
