@@ -161,7 +161,9 @@ $$;
 -- $4 full-text query, $5 length of each ranked list, $6 rrf_k, $7 vector weight, $8 text weight.
 -- Each list is ranked 1, 2, … with the key as tie-breaker; score = Σ weight / (rrf_k + rank) over the
 -- lists a row is in. The full-text list does not need the row's vector: a row whose text matches is
--- found before the worker has embedded it. The to_tsvector expression is the full-text index's.
+-- found before the worker has embedded it. The tsvector is the full-text index's: the registration's
+-- stored column (read as it is, no parse per row) or the to_tsvector expression. A chunked registration
+-- ranks rows by their whole text here (the tsvector is the row's), and the vector list by best chunk.
 CREATE OR REPLACE FUNCTION qwen._search_hybrid_sql(reg qwen.registrations, p_filter jsonb) RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -187,7 +189,7 @@ AS $$
         reg.text_column, reg.embedding_column, reg.vector_type,
         reg.source,
         qwen._search_filter_sql(reg.source, p_filter, 3),
-        qwen._tsvector_sql(reg.text_search_config, 't', reg.text_column),
+        qwen._tsvector_of(reg, 't'),
         qwen._vector_list_sql(reg, p_filter, '$5'))
 $$;
 
@@ -224,6 +226,11 @@ BEGIN
     IF NOT p_hybrid THEN
         RETURN QUERY EXECUTE stmt USING p_query_vector, p_limit, p_filter;
         RETURN;
+    END IF;
+    -- a stored tsvector column is still a tsvector (its owner may have ALTERed its type since): read as
+    -- the caller, a domain or another type would run the owner's code
+    IF reg.text_search_column IS NOT NULL THEN
+        PERFORM qwen._check_text_search_column(reg.source, reg.text_search_column, NULL);
     END IF;
     RETURN QUERY EXECUTE qwen._search_hybrid_sql(reg, p_filter)
         USING p_query_vector, p_limit, p_filter, qwen._any_term_query(reg.text_search_config, p_query),
