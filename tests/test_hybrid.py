@@ -444,3 +444,19 @@ def test_a_chunked_registration_ranks_whole_rows_by_the_stored_column(wconn, tin
     rows = conn.execute("SELECT key, score, text FROM qwen_search('E42 pump', 'question', 3, hybrid => true)"
                         ).fetchall()
     assert rows == [({"id": 1}, pytest.approx(1 / 61), "Pump X200: error E42 means air in the pump")]
+
+
+@pytest.mark.parametrize("stored", [False, True])
+def test_the_text_list_cut_inside_a_tie_keeps_the_smallest_keys(memories, stored):
+    """Only the best max(candidates, k) rows and those tied with the last get their key built: the cut
+    still falls by key inside a group of equal ranks."""
+    conn, _ = memories
+    if stored:
+        conn.execute(SIMPLE_TSV)
+        conn.execute("SELECT qwen_alter('memories', text_search_column => 'tsv')")
+    ranks = conn.execute("SELECT id, ts_rank_cd(to_tsvector('simple', body), 'my'::tsquery) FROM memories "
+                         "WHERE to_tsvector('simple', body) @@ 'my'::tsquery ORDER BY id").fetchall()
+    assert [i for i, _ in ranks] == [2, 6, 10] and len({r for _, r in ranks}) == 1
+    conn.execute("UPDATE memories SET user_id = user_id WHERE id = 2")  # row 2 now comes last in the heap
+    got = _hybrid(conn, "my", k=2, candidates=2, weights=[0.0, 1.0])
+    assert [(i, s) for i, s, _ in got] == [(2, pytest.approx(1 / 61)), (6, pytest.approx(1 / 62))]
