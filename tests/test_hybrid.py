@@ -460,3 +460,15 @@ def test_the_text_list_cut_inside_a_tie_keeps_the_smallest_keys(memories, stored
     conn.execute("UPDATE memories SET user_id = user_id WHERE id = 2")  # row 2 now comes last in the heap
     got = _hybrid(conn, "my", k=2, candidates=2, weights=[0.0, 1.0])
     assert [(i, s) for i, s, _ in got] == [(2, pytest.approx(1 / 61)), (6, pytest.approx(1 / 62))]
+
+
+def test_registering_again_with_the_same_column_is_idempotent_and_another_column_points_at_qwen_alter(memories):
+    conn, _ = memories
+    conn.execute(SIMPLE_TSV)
+    reg = _reregister(conn, text_search_column="tsv")
+    model, dims = conn.execute("SELECT model, dimensions FROM qwen.registrations").fetchone()
+    again = "SELECT qwen_register('memories', 'body', model => %s, dimensions => %s, text_search_column => %s)"
+    assert conn.execute(again, (model, dims, "tsv")).fetchone()[0] == reg
+    with pytest.raises(psycopg.errors.RaiseException, match="already registered") as err:
+        conn.execute(again, (model, dims, None))
+    assert "text_search_column" in err.value.diag.message_hint
