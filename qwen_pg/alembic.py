@@ -2,7 +2,7 @@
 
 - operations `op.create_qwen_embedding(table_name, text_column, embedding_column="embedding", model=…,
   dimensions=None, schema=None, index_mode="deferred", text_search_config="simple", chunk_tokens=None,
-  chunk_overlap=0)` and
+  chunk_overlap=0, text_search_column=None)` and
   `op.drop_qwen_embedding(table_name, embedding_column="embedding", schema=None)` — each the other's downgrade;
 - an autogenerate comparator: an embedding declared with `qwen_pg.orm.embedding_column` but not
   registered in the database yields `create_qwen_embedding`; a registration with no declaration (on a
@@ -41,7 +41,7 @@ class CreateQwenEmbeddingOp(MigrateOperation):
     def __init__(self, table_name: str, text_column: str, embedding_column: str = "embedding", *,
                  model: str = orm.DEFAULT_MODEL, dimensions: int | None = None, schema: str | None = None,
                  index_mode: str = "deferred", text_search_config: str = "simple", chunk_tokens: int | None = None,
-                 chunk_overlap: int = 0) -> None:
+                 chunk_overlap: int = 0, text_search_column: str | None = None) -> None:
         self.table_name = table_name
         self.text_column = text_column
         self.embedding_column = embedding_column
@@ -52,6 +52,7 @@ class CreateQwenEmbeddingOp(MigrateOperation):
         self.text_search_config = text_search_config
         self.chunk_tokens = chunk_tokens
         self.chunk_overlap = chunk_overlap
+        self.text_search_column = text_search_column
 
     @classmethod
     def create_qwen_embedding(cls, operations: Operations, table_name: str, text_column: str,
@@ -67,7 +68,7 @@ class CreateQwenEmbeddingOp(MigrateOperation):
             embedding_column=self.embedding_column, model=self.model,
             dimensions=orm.resolve_dimensions(self.model, self.dimensions), index_mode=self.index_mode,
             text_search_config=self.text_search_config, chunk_tokens=self.chunk_tokens,
-            chunk_overlap=self.chunk_overlap,
+            chunk_overlap=self.chunk_overlap, text_search_column=self.text_search_column,
         )
 
 
@@ -138,7 +139,7 @@ def _compare_qwen_embeddings(autogen_context: AutogenContext, upgrade_ops: Upgra
                 spec.table, spec.text_column, spec.embedding_column, model=spec.model,
                 dimensions=spec.dimensions, schema=spec.schema, index_mode=spec.index_mode,
                 text_search_config=spec.text_search_config, chunk_tokens=spec.chunk_tokens,
-                chunk_overlap=spec.chunk_overlap,
+                chunk_overlap=spec.chunk_overlap, text_search_column=spec.text_search_column,
             ))
     for key, spec in in_db.items():
         if key not in declared and key[:2] in known_tables:
@@ -147,6 +148,7 @@ def _compare_qwen_embeddings(autogen_context: AutogenContext, upgrade_ops: Upgra
                 dimensions=spec.dimensions, schema=None if spec.schema == default_schema else spec.schema,
                 index_mode=spec.index_mode, text_search_config=spec.text_search_config,
                 chunk_tokens=spec.chunk_tokens, chunk_overlap=spec.chunk_overlap,
+                text_search_column=spec.text_search_column,
             )
             upgrade_ops.ops.append(create.reverse())
 
@@ -168,6 +170,8 @@ def _render_create(autogen_context: AutogenContext, op: CreateQwenEmbeddingOp) -
     if op.chunk_tokens is not None:
         extra["chunk_tokens"] = op.chunk_tokens
         extra["chunk_overlap"] = op.chunk_overlap
+    if op.text_search_column is not None:
+        extra["text_search_column"] = op.text_search_column
     return (f"op.create_qwen_embedding({op.table_name!r}, {op.text_column!r}, {op.embedding_column!r}, "
             f"{_render_args(**extra)})")
 

@@ -50,6 +50,7 @@ class EmbeddingSpec:
     text_search_config: str = "simple"
     chunk_tokens: int | None = None
     chunk_overlap: int = 0
+    text_search_column: str | None = None
 
     @property
     def qualified_table(self) -> str:
@@ -80,16 +81,19 @@ def embedding_column(
     text_search_config: str = "simple",
     chunk_tokens: int | None = None,
     chunk_overlap: int = 0,
+    text_search_column: str | None = None,
     **kwargs: Any,
 ) -> MappedColumn[Any]:
     """A nullable vector column kept in step with `text_column` by the qwen worker (and `text_column`
-    full-text indexed with `text_search_config`, for hybrid search); with `chunk_tokens` the worker also
-    keeps token-exact chunks of the text (`chunk_overlap` tokens shared by neighbours) for chunked search."""
+    full-text indexed with `text_search_config`, for hybrid search, or `text_search_column`, a stored
+    tsvector column of the table the application keeps up to date, e.g. a `Computed(...,
+    persisted=True)` column); with `chunk_tokens` the worker also keeps token-exact chunks of the text
+    (`chunk_overlap` tokens shared by neighbours) for chunked search."""
     dims = resolve_dimensions(model, dimensions)
     info = dict(kwargs.pop("info", {}) or {})
     info[INFO_KEY] = {"text_column": text_column, "model": model, "dimensions": dims, "index_mode": index_mode,
                       "text_search_config": text_search_config, "chunk_tokens": chunk_tokens,
-                      "chunk_overlap": chunk_overlap}
+                      "chunk_overlap": chunk_overlap, "text_search_column": text_search_column}
     return mapped_column(vector_type_for(dims), nullable=True, info=info, **kwargs)
 
 
@@ -117,6 +121,7 @@ def spec_for(table: Table, column: Column[Any]) -> EmbeddingSpec | None:
         text_search_config=info.get("text_search_config", "simple"),
         chunk_tokens=info.get("chunk_tokens"),
         chunk_overlap=int(info.get("chunk_overlap", 0)),
+        text_search_column=info.get("text_search_column"),
     )
 
 
@@ -125,7 +130,7 @@ def register_sql(spec: EmbeddingSpec) -> tuple[str, dict[str, Any]]:
     return (
         "SELECT qwen_register(CAST(:source AS regclass), CAST(:text_column AS name), "
         "CAST(:embedding_column AS name), :model, :dimensions, :index_mode, "
-        "CAST(:text_search_config AS regconfig), :chunk_tokens, :chunk_overlap)",
+        "CAST(:text_search_config AS regconfig), :chunk_tokens, :chunk_overlap, CAST(:text_search_column AS name))",
         {
             "source": _regclass_literal(spec.table, spec.schema),
             "text_column": spec.text_column,
@@ -136,6 +141,7 @@ def register_sql(spec: EmbeddingSpec) -> tuple[str, dict[str, Any]]:
             "text_search_config": spec.text_search_config,
             "chunk_tokens": spec.chunk_tokens,
             "chunk_overlap": spec.chunk_overlap,
+            "text_search_column": spec.text_search_column,
         },
     )
 
@@ -246,14 +252,14 @@ def registered_embeddings(connection: Connection) -> list[EmbeddingSpec]:
     """The registrations in the database, as specs (for comparisons with the declared ones)."""
     rows = connection.execute(select(text(
         "n.nspname, c.relname, r.text_column, r.embedding_column, r.model, r.dimensions, r.index_mode, "
-        "r.text_search_config::text, r.chunk_tokens, r.chunk_overlap "
+        "r.text_search_config::text, r.chunk_tokens, r.chunk_overlap, r.text_search_column "
         "FROM qwen.registrations r JOIN pg_catalog.pg_class c ON c.oid = r.source "
         "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace ORDER BY r.id"
     ))).all()
     return [
         EmbeddingSpec(table=r[1], schema=r[0], text_column=r[2], embedding_column=r[3], model=r[4],
                       dimensions=r[5], index_mode=r[6], text_search_config=r[7],
-                      chunk_tokens=r[8], chunk_overlap=r[9])
+                      chunk_tokens=r[8], chunk_overlap=r[9], text_search_column=r[10])
         for r in rows
     ]
 

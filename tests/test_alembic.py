@@ -10,7 +10,7 @@ import psycopg
 from alembic import command
 from alembic.autogenerate import produce_migrations, render_python_code
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 
 import qwen_pg.alembic as qwen_alembic
 from embedder_worker.queue import Consumer, ConsumerOptions
@@ -107,3 +107,36 @@ def test_autogenerate_adds_a_newly_declared_embedding_and_nothing_for_an_unchang
 
 def test_version_location_points_at_the_qwen_migrations():
     assert (Path(qwen_alembic.version_location()) / "qwen_0_1_0.py").is_file()
+
+
+def test_autogenerate_carries_a_stored_tsvector_column(bare_db, notes_env):
+    from sqlalchemy import BigInteger, Computed, MetaData, Table, Text
+    from sqlalchemy import Column as SAColumn
+    from sqlalchemy.dialects.postgresql import TSVECTOR
+
+    from qwen_pg.orm import embedding_column, register_sql
+
+    cfg = alembic_config(bare_db)
+    run(cfg, bare_db, command.upgrade, "heads")
+    with psycopg.connect(bare_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE articles (id bigint PRIMARY KEY, body text NOT NULL, "
+                     "tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', body)) STORED)")
+    metadata = MetaData()
+    column = embedding_column("body", model=notes_env.MODEL, dimensions=DIMS, text_search_config="english",
+                              text_search_column="tsv").column
+    Table("articles", metadata, SAColumn("id", BigInteger, primary_key=True), SAColumn("body", Text),
+          SAColumn("tsv", TSVECTOR, Computed("to_tsvector('english', body)", persisted=True)),
+          SAColumn("embedding", column.type, nullable=True, info=column.info))
+    [op] = [o for o in qwen_ops(_autogenerate(bare_db, metadata)) if o.table_name == "articles"]
+    assert (op.text_search_config, op.text_search_column) == ("english", "tsv")
+    assert "text_search_column='tsv'" in render_python_code(qwen_alembic.UpgradeOps(ops=[op]))
+    statement, params = register_sql(op.to_spec())
+    engine = create_engine(sqlalchemy_url(bare_db))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(statement), params)
+    finally:
+        engine.dispose()
+    with psycopg.connect(bare_db) as conn:
+        assert conn.execute("SELECT text_search_column FROM qwen.registrations r "
+                            "WHERE r.source = 'articles'::regclass").fetchone() == ("tsv",)

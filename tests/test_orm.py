@@ -4,6 +4,7 @@ sync and async sessions."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import numpy as np
 import pytest
@@ -138,3 +139,34 @@ def test_async_session_runs_the_same_query(app):
             await aengine.dispose()
 
     assert asyncio.run(run()) == expected
+
+
+def test_a_stored_tsvector_column_is_declared_with_the_embedding(worker_db, tiny_models):
+    from sqlalchemy import Computed
+    from sqlalchemy.dialects.postgresql import TSVECTOR
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Article(Base):
+        __tablename__ = "articles"
+        id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+        body: Mapped[str] = mapped_column(Text)
+        tsv: Mapped[str] = mapped_column(TSVECTOR, Computed("to_tsvector('english', body)", persisted=True))
+        embedding: Mapped[list[float] | None] = embedding_column(
+            "body", model=str(tiny_models.embed), dimensions=DIMS, text_search_config="english",
+            text_search_column="tsv")
+
+    engine = create_engine(sqlalchemy_url(worker_db))
+    try:
+        with engine.begin() as conn:
+            Base.metadata.create_all(conn)
+            register_embeddings(conn, Base.metadata)
+            (spec,) = registered_embeddings(conn)
+            indexdef = conn.exec_driver_sql(
+                "SELECT indexdef FROM pg_indexes WHERE tablename = 'articles' AND indexdef ~ 'USING gin'").scalar()
+    finally:
+        engine.dispose()
+    assert dataclasses.replace(spec, schema=None) == next(declared_embeddings(Base.metadata))
+    assert (spec.text_search_config, spec.text_search_column) == ("english", "tsv")
+    assert indexdef.endswith("USING gin (tsv)")

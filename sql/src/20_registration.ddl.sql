@@ -41,6 +41,9 @@ CREATE TABLE qwen.registrations (
     -- hybrid search: the full-text configuration of to_tsvector(text_search_config, text_column),
     -- which the GIN index qwen._text_index_name(id) is built on (qwen_register, qwen_alter)
     text_search_config  regconfig NOT NULL DEFAULT 'pg_catalog.simple',
+    -- or a tsvector column of the table the owner keeps up to date (a generated column or its own
+    -- trigger): the GIN index is then on it and hybrid search ranks it as stored (NULL: the expression)
+    text_search_column  name,
     -- chunked registrations (chunk_tokens not NULL): the worker cuts each text into windows of at most
     -- chunk_tokens model tokens overlapping by chunk_overlap, kept in qwen.chunks_<id> (26_chunks.sql)
     chunk_tokens        int CHECK (chunk_tokens BETWEEN 16 AND 32768),

@@ -147,6 +147,61 @@ AS $$
       AND (a.attname = p_text_column OR a.attname = ANY (p_key_columns))
 $$;
 
+-- A registration's stored tsvector column (hybrid search): a column of the table of type tsvector exactly.
+-- Not a domain or any other type: the hybrid query reads it as whoever searches, and a type its owner
+-- defines (a domain, a cast to tsvector) would be the owner's code run with the searcher's rights. Not a
+-- virtual generated column (computed on every read, and not indexable). A stored generated column whose
+-- expression names text search configurations must name p_config (the one queries are parsed with):
+-- documents stemmed by one configuration and queries by another rarely share a lexeme (p_config NULL:
+-- not checked; hybrid searches re-check the rest before every read, as the column's type can be ALTERed).
+-- Read from the catalogue only (pg_get_expr prints the expression; nothing of the table is evaluated).
+CREATE OR REPLACE FUNCTION qwen._check_text_search_column(p_source regclass, p_column name, p_config regconfig)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    col record;
+    configs text[];
+    hint text := 'Use a column of type tsvector kept by PostgreSQL, e.g. ALTER TABLE … ADD COLUMN tsv tsvector '
+                 'GENERATED ALWAYS AS (to_tsvector(''english'', body)) STORED, with text_search_config => ''english'' '
+                 '(qwen_alter(source, text_search_column => ''tsv'') changes it; => '''' goes back to the expression).';
+BEGIN
+    SELECT a.atttypid, a.attgenerated, t.typtype, t.typbasetype,
+           (SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d
+             WHERE d.adrelid = a.attrelid AND d.adnum = a.attnum) AS expr
+      INTO col
+      FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+     WHERE a.attrelid = p_source AND a.attname = p_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'text_search_column "%" does not exist in table %', p_column, p_source
+            USING ERRCODE = 'undefined_column', HINT = hint;
+    END IF;
+    IF col.atttypid <> 'pg_catalog.tsvector'::regtype THEN
+        RAISE EXCEPTION 'text_search_column "%" of table % has type %, not tsvector%', p_column, p_source,
+            format_type(col.atttypid, NULL), CASE WHEN col.typtype = 'd' THEN ' (a domain is not accepted)' ELSE '' END
+            USING ERRCODE = 'wrong_object_type',
+                  HINT = 'The column must be of type pg_catalog.tsvector itself: searches read it with the searching '
+                         'role''s rights, and a domain or another type would run its owner''s code there. ' || hint;
+    END IF;
+    IF col.attgenerated = 'v' THEN
+        RAISE EXCEPTION 'text_search_column "%" of table % is a virtual generated column', p_column, p_source
+            USING ERRCODE = 'wrong_object_type',
+                  HINT = 'A virtual column is computed on every read and cannot be indexed: declare it GENERATED ALWAYS AS (…) STORED.';
+    END IF;
+    IF col.attgenerated = 's' AND p_config IS NOT NULL THEN
+        SELECT array_agg(DISTINCT replace(m[1], '''''', '''')) INTO configs
+          FROM regexp_matches(col.expr, '''((?:[^'']|'''')*)''::regconfig', 'g') AS m;
+        IF configs IS NOT NULL AND NOT p_config::text = ANY (configs) THEN
+            RAISE EXCEPTION 'text_search_column "%" of table % is generated with text search configuration %, not %',
+                p_column, p_source, array_to_string(configs, ', '), p_config
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = format('Queries are parsed with text_search_config: pass text_search_config => %L.', configs[1]);
+        END IF;
+    END IF;
+END
+$$;
+
 -- Object names derived from the registration id: unique, short, and the same in any encoding.
 CREATE OR REPLACE FUNCTION qwen._index_name(p_id int) RETURNS name
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -180,6 +235,9 @@ BEGIN
         NEW.index_name := CASE WHEN NEW.index_mode = 'none' THEN NULL ELSE qwen._index_name(NEW.id) END;
         NEW.next_model := NULL; NEW.next_dimensions := NULL; NEW.next_vector_type := NULL;
         NEW.next_column := NULL; NEW.next_index_name := NULL; NEW.alter_started_at := NULL;
+        IF NEW.text_search_column IS NOT NULL THEN
+            PERFORM qwen._check_text_search_column(NEW.source, NEW.text_search_column, NEW.text_search_config);
+        END IF;
         RETURN NEW;
     END IF;
     IF (NEW.id, NEW.source, NEW.text_column, NEW.embedding_column, NEW.key_columns, NEW.key_types)
@@ -196,6 +254,11 @@ BEGIN
         RAISE EXCEPTION 'qwen registration % can only use the object names qwen derives from its id', OLD.id
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Use qwen_alter and qwen_create_index instead of writing qwen.registrations.';
+    END IF;
+    -- a stored tsvector column is checked whenever it or the configuration changes (however the row is written)
+    IF NEW.text_search_column IS NOT NULL
+       AND (NEW.text_search_column, NEW.text_search_config) IS DISTINCT FROM (OLD.text_search_column, OLD.text_search_config) THEN
+        PERFORM qwen._check_text_search_column(NEW.source, NEW.text_search_column, NEW.text_search_config);
     END IF;
     RETURN NEW;
 END

@@ -100,9 +100,10 @@ AS $$
                   CASE p_vector_type WHEN 'halfvec' THEN 'halfvec_cosine_ops' ELSE 'vector_cosine_ops' END)
 $$;
 
--- The full-text GIN index of a registration (hybrid search): on the expression
--- to_tsvector(<config>, <text column>::text), which qwen._search_hybrid_sql repeats word for word so
--- that the planner matches it. The configuration is a constant (its quoted name), never a parameter.
+-- The full-text GIN index of a registration (hybrid search): on its stored tsvector column
+-- (text_search_column), else on the expression to_tsvector(<config>, <text column>::text), which
+-- qwen._search_hybrid_sql repeats word for word (qwen._tsvector_of) so that the planner matches it.
+-- The configuration is a constant (its quoted name), never a parameter.
 CREATE OR REPLACE FUNCTION qwen._text_index_name(p_id int) RETURNS name
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
@@ -116,12 +117,22 @@ AS $$
                   p_config::oid::regconfig::text, coalesce(p_alias || '.', ''), p_text_column)
 $$;
 
+-- A registration's tsvector of the row aliased p_alias (NULL: unqualified): its stored column as it
+-- is (no parse per row), or the expression.
+CREATE OR REPLACE FUNCTION qwen._tsvector_of(r qwen.registrations, p_alias text) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN r.text_search_column IS NULL THEN qwen._tsvector_sql(r.text_search_config, p_alias, r.text_column)
+                ELSE format('%s%I', coalesce(p_alias || '.', ''), r.text_search_column) END
+$$;
+
 CREATE OR REPLACE FUNCTION qwen._text_index_ddl(r qwen.registrations) RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT format('CREATE INDEX IF NOT EXISTS %I ON %s USING gin ((%s))',
-                  qwen._text_index_name(r.id), r.source, qwen._tsvector_sql(r.text_search_config, NULL, r.text_column))
+                  qwen._text_index_name(r.id), r.source, qwen._tsvector_of(r, NULL))
 $$;
 
 CREATE OR REPLACE FUNCTION qwen._drop_text_index(p_id int, p_source regclass) RETURNS void
@@ -163,7 +174,8 @@ CREATE OR REPLACE FUNCTION @extschema@.qwen_register(
     index_mode text DEFAULT 'deferred',
     text_search_config regconfig DEFAULT 'pg_catalog.simple',
     chunk_tokens int DEFAULT NULL,
-    chunk_overlap int DEFAULT 0
+    chunk_overlap int DEFAULT 0,
+    text_search_column name DEFAULT NULL
 ) RETURNS int
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -189,8 +201,12 @@ BEGIN
             USING HINT = 'Pass a text search configuration such as ''simple'' or ''english'' (see \dF).';
     END IF;
     PERFORM qwen._check_chunking(chunk_tokens, chunk_overlap);
-    -- the table, its text column and its keys (the trigger on qwen.registrations checks it again)
+    -- the table, its text column and its keys, its tsvector column (the trigger on qwen.registrations
+    -- checks them again)
     PERFORM qwen._registration_shape(source, text_column);
+    IF text_search_column IS NOT NULL THEN
+        PERFORM qwen._check_text_search_column(source, text_search_column, text_search_config);
+    END IF;
 
     dims := qwen._resolve_dimensions(model, dimensions);
     vtype := qwen._vector_type_for(dims);
@@ -202,7 +218,8 @@ BEGIN
         IF existing.text_column = qwen_register.text_column AND existing.model = qwen_register.model
            AND existing.dimensions = dims AND existing.text_search_config = qwen_register.text_search_config
            AND existing.chunk_tokens IS NOT DISTINCT FROM qwen_register.chunk_tokens
-           AND existing.chunk_overlap = qwen_register.chunk_overlap THEN
+           AND existing.chunk_overlap = qwen_register.chunk_overlap
+           AND existing.text_search_column IS NOT DISTINCT FROM qwen_register.text_search_column THEN
             IF existing.chunk_tokens IS NOT NULL THEN
                 PERFORM qwen._install_chunk_triggers(existing.id);
             END IF;
@@ -211,7 +228,7 @@ BEGIN
         END IF;
         RAISE EXCEPTION 'column "%" of table % is already registered (text column "%", model "%", % dimensions)',
             embedding_column, source, existing.text_column, existing.model, existing.dimensions
-            USING HINT = 'Use qwen_alter to change the model, dimensions or text_search_config, or qwen_unregister first.';
+            USING HINT = 'Use qwen_alter to change the model, dimensions, chunking, text_search_config or text_search_column, or qwen_unregister first.';
     END IF;
 
     emb_type := qwen._column_type(source, embedding_column);
@@ -225,9 +242,10 @@ BEGIN
     -- The BEFORE trigger on qwen.registrations fills in the keys and the index name from the catalogue;
     -- the AFTER trigger queues every existing row (the backfill).
     INSERT INTO qwen.registrations (source, text_column, embedding_column, model, dimensions, vector_type,
-                                    key_columns, key_types, index_mode, text_search_config, chunk_tokens, chunk_overlap)
+                                    key_columns, key_types, index_mode, text_search_config, chunk_tokens, chunk_overlap,
+                                    text_search_column)
     VALUES (source, text_column, embedding_column, model, dims, vtype, '{?}', '{?}', index_mode, text_search_config,
-            chunk_tokens, chunk_overlap)
+            chunk_tokens, chunk_overlap, text_search_column)
     RETURNING id INTO reg_id;
     IF chunk_tokens IS NOT NULL THEN
         PERFORM qwen._create_chunk_table(reg_id);
@@ -245,8 +263,8 @@ BEGIN
     RETURN reg_id;
 END
 $$;
-COMMENT ON FUNCTION @extschema@.qwen_register(regclass, name, name, text, int, text, regconfig, int, int) IS
-    'keep text_column of a table embedded in embedding_column (and full-text indexed with text_search_config); returns the registration id';
+COMMENT ON FUNCTION @extschema@.qwen_register(regclass, name, name, text, int, text, regconfig, int, int, name) IS
+    'keep text_column of a table embedded in embedding_column (and full-text indexed with text_search_config, or through its stored tsvector column text_search_column); returns the registration id';
 
 -- The one registration lookup (qwen_search, qwen_alter, qwen_backfill, …): the only registration, or
 -- the one of `p_source` (and `p_embedding_column` when the table has several), with the errors a
@@ -395,7 +413,8 @@ CREATE OR REPLACE FUNCTION @extschema@.qwen_alter(
     text_search_config regconfig DEFAULT NULL,
     chunk_tokens int DEFAULT NULL,
     chunk_overlap int DEFAULT NULL,
-    swap text DEFAULT 'auto'
+    swap text DEFAULT 'auto',
+    text_search_column name DEFAULT NULL
 ) RETURNS int
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -412,10 +431,18 @@ BEGIN
         RAISE EXCEPTION 'swap must be ''auto'' or ''hold'', got %', coalesce(quote_literal(swap), 'NULL')
             USING HINT = '''hold'' fills and indexes the new column, then waits for qwen_alter_finish().';
     END IF;
-    IF text_search_config IS NOT NULL AND text_search_config <> r.text_search_config THEN
-        -- a new full-text configuration takes effect at once: the index is rebuilt in this transaction
+    -- text_search_column => '' goes back from a stored tsvector column to the expression
+    IF (coalesce(text_search_config, r.text_search_config),
+        CASE WHEN text_search_column IS NULL THEN r.text_search_column ELSE nullif(text_search_column, '') END)
+       IS DISTINCT FROM (r.text_search_config, r.text_search_column) THEN
+        -- a new full-text configuration or column takes effect at once: the index is rebuilt in this
+        -- transaction (the trigger on qwen.registrations checks the column)
         PERFORM qwen._drop_text_index(r.id, r.source);
-        UPDATE qwen.registrations x SET text_search_config = qwen_alter.text_search_config WHERE x.id = r.id
+        UPDATE qwen.registrations x
+           SET text_search_config = coalesce(qwen_alter.text_search_config, r.text_search_config),
+               text_search_column = CASE WHEN qwen_alter.text_search_column IS NULL THEN r.text_search_column
+                                         ELSE nullif(qwen_alter.text_search_column, '') END
+         WHERE x.id = r.id
         RETURNING * INTO r;
         IF r.index_mode <> 'none' THEN
             EXECUTE qwen._text_index_ddl(r);
@@ -474,8 +501,8 @@ BEGIN
     RETURN r.id;
 END
 $$;
-COMMENT ON FUNCTION @extschema@.qwen_alter(regclass, text, int, name, regconfig, int, int, text) IS
-    're-embed a registration with another model or dimensions (searches use the old vectors until the swap; swap => ''hold'' waits for qwen_alter_finish), or change its text_search_config or chunking';
+COMMENT ON FUNCTION @extschema@.qwen_alter(regclass, text, int, name, regconfig, int, int, text, name) IS
+    're-embed a registration with another model or dimensions (searches use the old vectors until the swap; swap => ''hold'' waits for qwen_alter_finish), or change its text_search_config, text_search_column ('''': the expression again) or chunking';
 
 -- Release a held swap: a worker of the new model swaps the shadow column in at its next maintenance
 -- pass (at once when the shadow is already filled and indexed, else as soon as it is). Returns whether

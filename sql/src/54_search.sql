@@ -161,7 +161,11 @@ $$;
 -- $4 full-text query, $5 length of each ranked list, $6 rrf_k, $7 vector weight, $8 text weight.
 -- Each list is ranked 1, 2, … with the key as tie-breaker; score = Σ weight / (rrf_k + rank) over the
 -- lists a row is in. The full-text list does not need the row's vector: a row whose text matches is
--- found before the worker has embedded it. The to_tsvector expression is the full-text index's.
+-- found before the worker has embedded it. The text list ranks every matching row but builds the key
+-- and keeps the text only of the best $5 and the rows tied with the last of them (the inner FETCH … WITH
+-- TIES), which hold the $5 best by (rank, key). The tsvector is the full-text index's: the registration's
+-- stored column (read as it is, no parse per row) or the to_tsvector expression. A chunked registration
+-- ranks rows by their whole text here (the tsvector is the row's), and the vector list by best chunk.
 CREATE OR REPLACE FUNCTION qwen._search_hybrid_sql(reg qwen.registrations, p_filter jsonb) RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -170,9 +174,12 @@ AS $$
         'WITH v AS MATERIALIZED %8$s,'
         ' vr AS (SELECT v.key, v.text, row_number() OVER (ORDER BY v.distance, v.key) AS rank FROM v),'
         ' f AS MATERIALIZED ('
-        '  SELECT jsonb_build_object(%1$s) AS key, t.%2$I::text AS text, pg_catalog.ts_rank_cd(%7$s, $4) AS rank'
-        '    FROM %5$s AS t'
-        '   WHERE %7$s OPERATOR(pg_catalog.@@) $4%6$s'
+        '  SELECT jsonb_build_object(%1$s) AS key, m.text, m.rank'
+        '    FROM (SELECT %9$s, t.%2$I::text, pg_catalog.ts_rank_cd(%7$s, $4)'
+        '            FROM %5$s AS t'
+        '           WHERE %7$s OPERATOR(pg_catalog.@@) $4%6$s'
+        '           ORDER BY %10$s DESC'
+        '           FETCH FIRST $5 ROWS WITH TIES) AS m(%11$s, text, rank)'
         '   ORDER BY 3 DESC, 1'
         '   LIMIT $5),'
         ' fr AS (SELECT f.key, f.text, row_number() OVER (ORDER BY f.rank DESC, f.key) AS rank FROM f)'
@@ -182,13 +189,18 @@ AS $$
         '   FROM vr FULL JOIN fr ON fr.key OPERATOR(pg_catalog.=) vr.key'
         '  ORDER BY 2 DESC, 1'
         '  LIMIT $2',
-        (SELECT string_agg(format('%L, t.%I', kc, kc), ', ' ORDER BY i)
+        (SELECT string_agg(format('%L, m.k%s', kc, i), ', ' ORDER BY i)
            FROM unnest(reg.key_columns) WITH ORDINALITY AS u(kc, i)),
         reg.text_column, reg.embedding_column, reg.vector_type,
         reg.source,
         qwen._search_filter_sql(reg.source, p_filter, 3),
-        qwen._tsvector_sql(reg.text_search_config, 't', reg.text_column),
-        qwen._vector_list_sql(reg, p_filter, '$5'))
+        qwen._tsvector_of(reg, 't'),
+        qwen._vector_list_sql(reg, p_filter, '$5'),
+        (SELECT string_agg(format('t.%I', kc), ', ' ORDER BY i)
+           FROM unnest(reg.key_columns) WITH ORDINALITY AS u(kc, i)),
+        cardinality(reg.key_columns) + 2,
+        (SELECT string_agg(format('k%s', i), ', ' ORDER BY i)
+           FROM unnest(reg.key_columns) WITH ORDINALITY AS u(kc, i)))
 $$;
 
 -- The hybrid arguments, checked: rrf_k and the two weights (vector, text).
@@ -224,6 +236,11 @@ BEGIN
     IF NOT p_hybrid THEN
         RETURN QUERY EXECUTE stmt USING p_query_vector, p_limit, p_filter;
         RETURN;
+    END IF;
+    -- a stored tsvector column is still a tsvector (its owner may have ALTERed its type since): read as
+    -- the caller, a domain or another type would run the owner's code
+    IF reg.text_search_column IS NOT NULL THEN
+        PERFORM qwen._check_text_search_column(reg.source, reg.text_search_column, NULL);
     END IF;
     RETURN QUERY EXECUTE qwen._search_hybrid_sql(reg, p_filter)
         USING p_query_vector, p_limit, p_filter, qwen._any_term_query(reg.text_search_config, p_query),

@@ -3,6 +3,8 @@
 -- Registrations made by 0.1.0 get 'simple' and no full-text index: qwen_create_index builds it
 -- (hybrid searches work without it, by reading the table).
 ALTER TABLE qwen.registrations ADD COLUMN text_search_config regconfig NOT NULL DEFAULT 'pg_catalog.simple';
+-- … or a stored tsvector column of the table (qwen_register(…, text_search_column => 'tsv')); NULL: the expression
+ALTER TABLE qwen.registrations ADD COLUMN text_search_column name;
 
 DROP FUNCTION @extschema@.qwen_register(regclass, name, name, text, int, text);
 DROP FUNCTION @extschema@.qwen_alter(regclass, text, int, name);
