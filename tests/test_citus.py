@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from pgvector.psycopg import register_vector
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from embedder_worker.queue import Consumer
 from embedder_worker.queue.connection import CITUS_SETTINGS, KEY_SETTINGS
@@ -345,6 +346,51 @@ def test_a_moved_shard_is_registered_again_by_qwen_citus_sync_and_nothing_is_los
     st = status(conn)
     assert (st["embedded"], st["queued"], st["worker_skips"]) == (ROWS, 0, None)
     conn.close()
+
+
+def test_a_table_owner_and_its_worker_role_have_the_rights_they_have_on_a_plain_table(cdb, tiny_embedder):
+    model, dims = tiny_embedder.info.name, tiny_embedder.info.dimension
+    admin = coordinator(cdb)
+    roles = ("citus_alice", "citus_bob", "citus_worker")
+    for role in roles:  # Citus creates the roles on the worker nodes too, and passes the grants on
+        admin.execute(f"DROP ROLE IF EXISTS {role}")
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+    admin.execute("GRANT CREATE ON SCHEMA public TO citus_alice")
+    # the worker role of docs/PRIVILEGES.md: its rights on qwen's own tables are granted on every node
+    # (Citus does not pass grants on an extension's tables on), the membership once (Citus passes it on)
+    admin.execute("SELECT run_command_on_workers($$GRANT SELECT, INSERT, UPDATE, DELETE ON qwen.queue, qwen.workers "
+                  "TO citus_worker; GRANT USAGE ON SEQUENCE qwen.workers_id_seq TO citus_worker$$)")
+    admin.execute("GRANT citus_alice TO citus_worker")
+    try:
+        alice = psycopg.connect(make_conninfo(cdb.dsn, user="citus_alice"), autocommit=True)
+        make_docs(alice, model, dims, rows=12)  # distributed and registered by its owner, not a superuser
+        st = status(alice)
+        assert (st["rows_total"], st["queued"], st["embedded"]) == (12, 12, 0)
+        # a superuser's worker does not run alice's triggers and policies: it leaves her shards alone
+        superuser = run_until_idle(cdb.worker_dsns[0], tiny_embedder)
+        assert superuser.stats.rows_done == 0
+        assert status(alice)["queued"] == 12
+        # alice's worker role embeds them
+        assert sum(run_until_idle(make_conninfo(dsn, user="citus_worker"), tiny_embedder).stats.rows_done
+                   for dsn in cdb.worker_dsns) == 12
+        assert assert_vectors_are_embeddings(alice, "docs", tiny_embedder, dims) == 12
+        # bob sees the queue's counts, not the table's (he may not read it)
+        alice.execute("INSERT INTO docs (id, body) VALUES (100, 'one more')")
+        with psycopg.connect(make_conninfo(cdb.dsn, user="citus_bob"), autocommit=True) as bob:
+            row = bob.execute("SELECT rows_total, embedded, queued FROM qwen_status "
+                              "WHERE source = 'docs'::regclass").fetchone()
+            assert row == (None, None, 1)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="must be owner"):
+                bob.execute("SELECT qwen_unregister('docs')")
+        alice.execute("SELECT qwen_unregister('docs', drop_column => true)")
+        alice.execute("DROP TABLE docs")
+        alice.close()
+    finally:
+        admin.execute("REVOKE CREATE ON SCHEMA public FROM citus_alice")
+        for role in roles:
+            admin.execute(f"DROP OWNED BY {role} CASCADE")
+            admin.execute(f"DROP ROLE {role}")
+        admin.close()
 
 
 def _refused(conn, statement: str, params=(), match: str = "", hint: str = "") -> None:

@@ -283,6 +283,7 @@ BEGIN
     IF NOT qwen._citus_distributed(r.source) THEN
         RETURN;
     END IF;
+    PERFORM qwen._require_owner(r.source, 'unregister it');  -- here, not as an error from some node
     PERFORM qwen._citus_require_own_transaction('qwen_unregister', r.source);
     PERFORM 1 FROM qwen._citus_run(r.source, 'SELECT @extschema@.qwen_unregister(%1$L::pg_catalog.regclass, %2$L)',
                                    r.embedding_column);
