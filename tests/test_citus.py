@@ -414,6 +414,10 @@ def test_unsupported_shapes_are_refused_with_a_hint(cdb):
     _refused(conn, register, ("referenced",), "reference table", "undistribute_table")
     _refused(conn, register, ("localised",), "Citus local table", "undistribute_table")
     _refused(conn, register, ("single",), "no distribution column", "create_distributed_table")
+    # the same rules hold for a registration row written by hand (the trigger on qwen.registrations)
+    _refused(conn, "INSERT INTO qwen.registrations (source, text_column, embedding_column, model, dimensions, "
+                   "vector_type, key_columns, key_types) VALUES ('referenced', 'body', 'embedding', 'm', 8, 'vector', "
+                   "'{?}', '{?}')", match="reference table", hint="undistribute_table")
     # Citus itself refuses a primary key without the distribution column
     conn.execute("CREATE TABLE keyless (id bigint, other bigint, body text, PRIMARY KEY (other))")
     with pytest.raises(psycopg.Error, match="partition column|distribution column"):

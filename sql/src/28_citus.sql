@@ -86,11 +86,11 @@ BEGIN
 END
 $$;
 
--- Which Citus tables may be registered: hash-distributed ones whose distribution column is part of the
--- primary key, registered on the coordinator, with the vector column already there. Nothing happens
--- for a table that is not a Citus table.
-CREATE OR REPLACE FUNCTION qwen._citus_check_register(p_source regclass, p_embedding_column name, p_model text,
-                                                      p_dimensions int, p_chunk_tokens int) RETURNS void
+-- Which Citus tables a registration may point at: hash-distributed ones whose distribution column is
+-- part of the primary key, registered on the coordinator. Returns whether p_source is one; nothing
+-- happens for a table that is not a Citus table. Part of qwen._registration_shape (every registration
+-- row, however it is written).
+CREATE OR REPLACE FUNCTION qwen._citus_check_table(p_source regclass) RETURNS boolean
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -98,10 +98,9 @@ DECLARE
     kind text := qwen._citus_table_kind(p_source);
     dist_column name;
     on_coordinator boolean;
-    dims int;
 BEGIN
     IF kind IS NULL THEN
-        RETURN;
+        RETURN false;
     END IF;
     IF kind = 'reference' THEN
         RAISE EXCEPTION 'table % is a Citus reference table', p_source
@@ -143,6 +142,23 @@ BEGIN
         RAISE EXCEPTION 'the distribution column "%" of table % is not part of its primary key', dist_column, p_source
             USING ERRCODE = 'feature_not_supported',
                   HINT = 'qwen finds a shard''s rows by primary key: the key must include the distribution column.';
+    END IF;
+    RETURN true;
+END
+$$;
+
+-- qwen_register on a Citus table: the table (above), then what a distributed registration cannot do or
+-- needs first (the vector column), and its own transaction.
+CREATE OR REPLACE FUNCTION qwen._citus_check_register(p_source regclass, p_embedding_column name, p_model text,
+                                                      p_dimensions int, p_chunk_tokens int) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    dims int;
+BEGIN
+    IF NOT qwen._citus_check_table(p_source) THEN
+        RETURN;
     END IF;
     IF p_chunk_tokens IS NOT NULL THEN
         RAISE EXCEPTION 'chunked registrations of distributed tables are not supported (table %)', p_source
