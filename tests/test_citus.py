@@ -345,6 +345,14 @@ def test_a_moved_shard_is_registered_again_by_qwen_citus_sync_and_nothing_is_los
     assert assert_vectors_are_embeddings(conn, "docs", tiny_embedder, dims) == ROWS
     st = status(conn)
     assert (st["embedded"], st["queued"], st["worker_skips"]) == (ROWS, 0, None)
+    # dropping the distributed table drops its shards, and every node forgets their registrations
+    conn.execute("UPDATE docs SET body = body || '!' WHERE id <= 5")
+    conn.execute("DROP TABLE docs")
+    assert conn.execute("SELECT count(*) FROM qwen.registrations").fetchone() == (0,)
+    for dsn in cdb.worker_dsns:
+        with node_session(dsn) as n:
+            assert n.execute("SELECT (SELECT count(*) FROM qwen.registrations), (SELECT count(*) FROM qwen.queue)"
+                             ).fetchone() == (0, 0)
     conn.close()
 
 
