@@ -138,6 +138,13 @@ def test_a_distributed_table_is_registered_per_shard_and_every_write_is_queued_a
     assert st["backfill_done"] is True
     assert node_queue(cdb) == 0
 
+    # qwen_backfill on the coordinator queues every shard's rows again, on its node
+    conn.execute("SELECT qwen_backfill('docs')")
+    st = status(conn)
+    assert (st["queued"], st["embedded"], st["backfill_done"]) == (rows, 0, False)
+    assert embed_on_nodes(cdb, tiny_embedder) == rows
+    assert (lambda s: (s["queued"], s["embedded"], s["backfill_done"]))(status(conn)) == (0, rows, True)
+
     # TRUNCATE needs nothing queued; rows loaded afterwards are
     conn.execute("TRUNCATE docs")
     conn.execute("INSERT INTO docs (id, body) SELECT g, 'after truncate ' || g FROM generate_series(1, 12) g")
