@@ -352,6 +352,16 @@ def test_a_moved_shard_is_registered_again_by_qwen_citus_sync_and_nothing_is_los
     assert assert_vectors_are_embeddings(conn, "docs", tiny_embedder, dims) == ROWS
     st = status(conn)
     assert (st["embedded"], st["queued"], st["worker_skips"]) == (ROWS, 0, None)
+    # shard registrations without a distributed one (left by a qwen_register whose coordinator part failed)
+    conn.execute("ALTER TABLE docs ADD COLUMN other vector(8)")
+    conn.execute("SELECT run_command_on_placements('docs', $$SELECT qwen._citus_register_shard('%s', 'body', "
+                 "'other', 'm', 8, 'simple')$$)")
+    assert conn.execute("SELECT qwen_citus_sync()").fetchone() == (4,)  # removed on every placement
+    left = []
+    for dsn in cdb.worker_dsns:
+        with node_session(dsn) as n:
+            left += n.execute("SELECT embedding_column FROM qwen.registrations").fetchall()
+    assert left == [("embedding",)] * 4
     # dropping the distributed table drops its shards, and every node forgets their registrations
     conn.execute("UPDATE docs SET body = body || '!' WHERE id <= 5")
     conn.execute("DROP TABLE docs")

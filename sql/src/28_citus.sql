@@ -378,32 +378,63 @@ BEGIN
 END
 $$;
 
+-- Shard registrations on the nodes whose distributed registration does not exist (qwen_register's shard
+-- step commits on the nodes by itself: a coordinator transaction that failed afterwards leaves them):
+-- unregistered. Returns how many.
+CREATE OR REPLACE FUNCTION qwen._citus_drop_orphans(p_table regclass) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    orphans text[];
+BEGIN
+    SELECT array_agg(DISTINCT c.value) INTO orphans
+      FROM qwen._citus_run(p_table, 'SELECT pg_catalog.json_agg(x.embedding_column) FROM qwen.registrations x
+                                      WHERE x.source = %1$L::pg_catalog.regclass') AS x
+     CROSS JOIN LATERAL json_array_elements_text(x.result::json) AS c(value)
+     WHERE x.result IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM qwen.registrations r WHERE r.source = p_table AND r.embedding_column = c.value);
+    RETURN (SELECT count(*) FILTER (WHERE x.result = '1')
+              FROM unnest(coalesce(orphans, '{}')) AS o(col)
+             CROSS JOIN LATERAL qwen._citus_run(p_table,
+                   'SELECT count(@extschema@.qwen_unregister(x.source, x.embedding_column)) FROM qwen.registrations x
+                     WHERE x.source = %1$L::pg_catalog.regclass AND x.embedding_column = %2$L', o.col) AS x);
+END
+$$;
+
 -- After a shard move, a rebalance or a new node: register the shards that have no registration on their
--- current node (their rows are queued there again: nothing a move left unqueued is lost). Returns how
--- many shards were registered. All distributed registrations of tables the caller owns, or `source`'s.
+-- current node (their rows are queued there again: nothing a move left unqueued is lost), and unregister
+-- shard registrations whose distributed registration is gone. Returns how many shard registrations it
+-- added or removed. Every hash-distributed table the caller owns, or `source`.
 CREATE OR REPLACE FUNCTION @extschema@.qwen_citus_sync(source regclass DEFAULT NULL) RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    t regclass;
     r qwen.registrations;
     n bigint := 0;
 BEGIN
     IF source IS NOT NULL AND NOT qwen._citus_distributed(source) THEN
         RAISE EXCEPTION 'table % is not a hash-distributed Citus table', source
-            USING HINT = 'qwen_citus_sync follows the shards of registered distributed tables; plain tables need nothing.';
+            USING HINT = 'qwen_citus_sync follows the shards of distributed tables; plain tables need nothing.';
     END IF;
-    FOR r IN SELECT x.* FROM qwen.registrations x
-              WHERE (qwen_citus_sync.source IS NULL OR x.source = qwen_citus_sync.source)
-                AND qwen._citus_distributed(x.source)
-                AND pg_has_role(current_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = x.source), 'USAGE')
-              ORDER BY x.id
+    IF NOT qwen._citus_present() THEN
+        RETURN 0;
+    END IF;
+    FOR t IN EXECUTE 'SELECT p.logicalrelid FROM pg_catalog.pg_dist_partition p WHERE p.partmethod = ''h''
+                        AND ($1 IS NULL OR p.logicalrelid = $1) ORDER BY p.logicalrelid'
+             USING source
     LOOP
-        PERFORM qwen._citus_require_own_transaction('qwen_citus_sync', r.source);
-        n := n + qwen._citus_sync_shards(r.id);
+        CONTINUE WHEN NOT pg_has_role(current_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = t), 'USAGE');
+        PERFORM qwen._citus_require_own_transaction('qwen_citus_sync', t);
+        FOR r IN SELECT x.* FROM qwen.registrations x WHERE x.source = t ORDER BY x.id LOOP
+            n := n + qwen._citus_sync_shards(r.id);
+        END LOOP;
+        n := n + qwen._citus_drop_orphans(t);
     END LOOP;
     RETURN n;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.qwen_citus_sync(regclass) IS
-    'Citus: register the shards of distributed registrations that have none on their current node (after a shard move, a rebalance, a new node); returns how many';
+    'Citus: make the shard registrations on the worker nodes match the distributed registrations and the current placements (after a shard move, a rebalance, a new node, a failed qwen_register); returns how many it added or removed';
