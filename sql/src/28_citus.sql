@@ -12,8 +12,8 @@
 --
 -- The shards are reached with Citus' master_run_on_worker: one new connection per placement, as the
 -- current role, each committed on its own. Such a connection waits for any lock the calling transaction
--- holds on a shard, so the functions that use it run as the first statement of their transaction
--- (qwen._citus_require_own_transaction) and before any DDL on the distributed table.
+-- holds on a shard, so the functions that use it refuse to run in a transaction that has used the table
+-- (qwen._citus_require_own_transaction), and run before any DDL they do on the distributed table.
 --
 -- Every Citus object is reached through dynamic SQL in PL/pgSQL, so this file installs, and changes
 -- nothing, on servers without Citus.
