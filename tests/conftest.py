@@ -9,4 +9,4 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 pytest_plugins = ["tests.fixtures.db", "tests.fixtures.models", "tests.fixtures.worker",
-                  "tests.fixtures.notes_app", "tests.fixtures.cluster"]
+                  "tests.fixtures.notes_app", "tests.fixtures.cluster", "tests.fixtures.citus"]

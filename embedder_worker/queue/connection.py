@@ -21,6 +21,10 @@ T = TypeVar("T")
 #: the settings that change how a key's value reads as text: the SQL functions that render and parse
 #: keys pin the same values, and so does every worker session (keys never depend on a session)
 KEY_SETTINGS = {"DateStyle": "ISO, YMD", "IntervalStyle": "postgres", "extra_float_digits": "3", "TimeZone": "UTC"}
+#: on a Citus worker node, the shard tables the worker embeds are hidden from sessions that are not
+#: Citus' own (pg_class queries skip them, so every registration of a shard would read as "the table is
+#: gone"): worker sessions see them. Elsewhere this only sets an unused placeholder.
+CITUS_SETTINGS = {"citus.show_shards_for_app_name_prefixes": "*"}
 
 
 class Stopped(Exception):
@@ -60,7 +64,7 @@ class Reconnecting:
     def _open(self) -> psycopg.Connection:
         conn = psycopg.connect(self.dsn, autocommit=True, application_name=f"qwen-pg {self.name}")
         register_vector(conn)
-        for name, value in {**KEY_SETTINGS, **self._settings}.items():
+        for name, value in {**KEY_SETTINGS, **CITUS_SETTINGS, **self._settings}.items():
             conn.execute("SELECT set_config(%s, %s, false)", (name, value))
         return conn
 

@@ -68,6 +68,7 @@ BEGIN
     IF NOT FOUND OR rel.relkind NOT IN ('r', 'p') THEN
         RAISE EXCEPTION '"%" is not a table', p_source USING HINT = 'Register a plain or partitioned table.';
     END IF;
+    PERFORM qwen._citus_check_table(p_source);  -- which Citus tables (28_citus.sql; nothing without Citus)
     IF rel.relpersistence = 't' THEN
         RAISE EXCEPTION '% is a temporary table', p_source
             USING HINT = 'The worker reads and writes in its own sessions, which cannot see temporary tables: register a permanent or unlogged table.';

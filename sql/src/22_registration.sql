@@ -140,9 +140,14 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    EXECUTE format('DROP INDEX IF EXISTS %I.%I',
-                   (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = p_source),
-                   qwen._text_index_name(p_id));
+    -- only the index of that name on that table (another table of the schema may have one: a Citus
+    -- worker node holds a distributed table's indexes and its shards' registrations side by side)
+    IF EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                WHERE i.indrelid = p_source AND c.relname = qwen._text_index_name(p_id)) THEN
+        EXECUTE format('DROP INDEX %I.%I',
+                       (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = p_source),
+                       qwen._text_index_name(p_id));
+    END IF;
 END
 $$;
 
@@ -201,8 +206,9 @@ BEGIN
             USING HINT = 'Pass a text search configuration such as ''simple'' or ''english'' (see \dF).';
     END IF;
     PERFORM qwen._check_chunking(chunk_tokens, chunk_overlap);
-    -- the table, its text column and its keys, its tsvector column (the trigger on qwen.registrations
-    -- checks them again)
+    -- what Citus tables can be (28_citus.sql; nothing for other tables), then the table, its text column,
+    -- its keys and its tsvector column (the trigger on qwen.registrations checks them again)
+    PERFORM qwen._citus_check_register(source, embedding_column, model, dimensions, chunk_tokens);
     PERFORM qwen._registration_shape(source, text_column);
     IF text_search_column IS NOT NULL THEN
         PERFORM qwen._check_text_search_column(source, text_search_column, text_search_config);
@@ -224,6 +230,7 @@ BEGIN
                 PERFORM qwen._install_chunk_triggers(existing.id);
             END IF;
             PERFORM qwen._install_triggers(existing.id);  -- idempotent: repairs dropped triggers
+            PERFORM qwen._citus_sync_shards(existing.id);  -- a distributed table's: registers missing shards
             RETURN existing.id;
         END IF;
         RAISE EXCEPTION 'column "%" of table % is already registered (text column "%", model "%", % dimensions)',
@@ -253,7 +260,10 @@ BEGIN
     END IF;
 
     PERFORM qwen._install_triggers(reg_id);
-    IF index_mode = 'immediate' THEN
+    -- a distributed table: its shards are registered on their nodes (before any index locks them), and
+    -- its HNSW index is built now, as no worker attaches to the coordinator to build it later
+    PERFORM qwen._citus_sync_shards(reg_id);
+    IF index_mode = 'immediate' OR index_mode = 'deferred' AND qwen._citus_distributed(source) THEN
         EXECUTE qwen._index_ddl(source, embedding_column, vtype, qwen._index_name(reg_id), false);
     END IF;
     -- the full-text index for hybrid search: PostgreSQL keeps it up to date by itself
@@ -316,9 +326,12 @@ BEGIN
         RETURN false;
     END IF;
     r := qwen._find_registration(source, embedding_column);
+    PERFORM qwen._citus_unregister_shards(r);  -- a distributed table's shards first (28_citus.sql)
     PERFORM qwen._drop_triggers(r.id);
     PERFORM qwen._drop_text_index(r.id, r.source);
-    PERFORM qwen._drop_chunk_triggers(r.id);  -- the chunk table goes with the registration row
+    -- the chunk table goes with the registration row; only triggers that exist are dropped (Citus refuses a
+    -- DROP TRIGGER on a distributed table, which never has chunk triggers)
+    PERFORM qwen._drop_chunk_triggers(r.id);
     IF r.next_column IS NOT NULL THEN
         EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', r.source, r.next_column);
     END IF;
@@ -378,6 +391,7 @@ DECLARE
     r qwen.registrations := qwen._find_registration(p_source, p_embedding_column);
 BEGIN
     PERFORM qwen._require_owner(r.source, p_action);
+    PERFORM qwen._citus_refuse_alter(r.source);
     SELECT * INTO r FROM qwen.registrations x WHERE x.id = r.id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'the qwen registration of table % was removed', p_source

@@ -87,6 +87,9 @@ AS $$
 DECLARE
     n bigint;
 BEGIN
+    IF qwen._citus_distributed(p_table) THEN  -- its shards' registrations queue their rows (28_citus.sql)
+        RETURN qwen._citus_backfill_shards(r);
+    END IF;
     PERFORM qwen._assert_columns_safe(r);
     EXECUTE qwen._enqueue_sql(r, ARRAY[p_target], qwen._owner_read_sql(p_table) || ' s',
                               's', qwen._needs_embedding_sql(r, 's'), true);
@@ -190,7 +193,7 @@ BEGIN
                           qwen._key_equal(r.key_columns, 'o', 'n'), r.text_column, r.text_column);
     END IF;
     EXECUTE qwen._enqueue_sql(r, qwen._targets(r.next_column), 'qwen_new_rows n', 'n', changed, false);
-    PERFORM pg_notify('qwen_queue', r.id::text);
+    PERFORM qwen._notify_queue(r.id);  -- not in a Citus two-phase commit (28_citus.sql)
     RETURN NULL;
 END
 $$;
@@ -230,6 +233,9 @@ DECLARE
     r qwen.registrations;
 BEGIN
     SELECT * INTO STRICT r FROM qwen.registrations WHERE id = p_id;
+    IF qwen._citus_distributed(r.source) THEN  -- triggers are on its shards, one registration each (28_citus.sql)
+        RETURN;
+    END IF;
     PERFORM qwen._drop_triggers(p_id);
     PERFORM qwen._install_table_triggers(p_id, pt.relid) FROM qwen._tree(r.source) AS pt(relid);
 END

@@ -62,6 +62,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT CASE
         WHEN c.oid IS NULL THEN 'the table is gone'
+        WHEN qwen._citus_distributed(c.oid) THEN 'a Citus distributed table: its shards are queued and embedded on the worker nodes; run qwen-pg worker --dsn <worker node> against each of them'
         WHEN NOT EXISTS (SELECT 1 FROM pg_roles a WHERE a.rolname = p_role) THEN format('worker role %I is gone', p_role)
         WHEN NOT pg_has_role(p_role, c.relowner, 'USAGE')
             THEN format('worker role %I cannot act as the table''s owner %I', p_role, c.relowner::regrole)

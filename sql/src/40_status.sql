@@ -30,16 +30,19 @@ LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT r.id, r.source, r.text_column, r.embedding_column, r.model, r.dimensions, r.generation,
-           q.queued, q.in_flight, q.failed, q.oldest_pending_age,
-           w.workers, r.backfill_done_at IS NOT NULL,
+           coalesce(c.queued, q.queued), coalesce(c.in_flight, q.in_flight), coalesce(c.failed, q.failed),
+           CASE WHEN c.queued IS NULL THEN q.oldest_pending_age ELSE c.oldest_pending_age END,
+           coalesce(c.workers, w.workers), coalesce(c.backfill_done, r.backfill_done_at IS NOT NULL),
            CASE WHEN r.index_name IS NULL THEN NULL ELSE qwen._index_valid(r.source, r.index_name) END,
            CASE WHEN r.next_column IS NULL THEN NULL
                 ELSE format('%s at %s dimensions into %I%s', r.next_model, r.next_dimensions, r.next_column,
                             CASE WHEN r.next_swap IS DISTINCT FROM 'hold' THEN ''
                                  WHEN qwen._alter_ready(r) THEN ': held, ready to swap (qwen_alter_finish)'
                                  ELSE ': held, filling' END) END,
-           w.skips
+           coalesce(c.worker_skips, w.skips)
     FROM qwen.registrations r
+    -- a Citus distributed table's queue is on the worker nodes, added up here (28_citus.sql; no row otherwise)
+    LEFT JOIN LATERAL qwen._citus_status(r.id) AS c ON true
     CROSS JOIN LATERAL (
         SELECT count(*) FILTER (WHERE e.failed_at IS NULL AND NOT e.leased) AS queued,
                count(*) FILTER (WHERE e.failed_at IS NULL AND e.leased) AS in_flight,
@@ -76,6 +79,10 @@ DECLARE
 BEGIN
     SELECT * INTO r FROM qwen.registrations x WHERE x.id = p_registration;
     IF NOT FOUND OR NOT has_table_privilege(r.source, 'SELECT') THEN
+        RETURN;
+    END IF;
+    IF qwen._citus_distributed(r.source) THEN  -- counted on the worker nodes, as the caller (28_citus.sql)
+        SELECT * INTO rows_total, rows_with_text, embedded, last_error FROM qwen._citus_table_status(r);
         RETURN;
     END IF;
     BEGIN
