@@ -155,11 +155,12 @@ END
 $$;
 
 -- The write-back of one claimed batch, passed as parallel arrays (keys as text[] literals, the claim's
--- versions and text hashes, the vectors; a NULL vector clears the row's vector). In one transaction:
+-- versions and text hashes, the vectors; a NULL vector clears the row's vector, and so does a missing one:
+-- p_vectors may be shorter than p_keys). In one transaction:
 --   1. vectors go to the rows whose text still hashes to what was embedded (rows locked first, in key
 --      order, as a writer's UPDATE and then its trigger do, so the two cannot deadlock);
 --   2. queue entries go away only where nothing newer replaced them (same version) and the row's text
---      is the one embedded (or the row is gone);
+--      is the one embedded (the rows just written) or the row is gone;
 --   3. this worker's leases on the rest are released, so they are claimable at once.
 -- p_model/p_dimensions say what produced the vectors; work of an outdated configuration (a swap by
 -- qwen_alter happened meanwhile) is dropped, not written.
@@ -183,8 +184,14 @@ DECLARE
     n_written bigint := 0;
     n_done bigint := 0;
     key_match text;
-    staged text;
+    batch text;
+    written_at bigint[];
 BEGIN
+    IF cardinality(p_vectors) > cardinality(p_keys) THEN
+        RAISE EXCEPTION 'the write-back has % vectors for % keys', cardinality(p_vectors), cardinality(p_keys)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Send at most one vector per key, in the order of the keys (keys without one go last).';
+    END IF;
     SELECT * INTO r FROM qwen.registrations x WHERE x.id = p_registration;
     IF FOUND THEN
         IF p_target = 1 AND r.next_column IS NOT NULL AND r.next_model = p_model AND r.next_dimensions = p_dimensions THEN
@@ -195,30 +202,39 @@ BEGIN
     END IF;
     IF col IS NOT NULL THEN
         key_match := qwen._key_match(r.key_columns, r.key_types, 't', 'w.key');
+        -- the batch without its vectors (each row's vector is fetched by position, p_vectors[w.i]: the
+        -- sort below then moves a few bytes per row, not kilobytes)
+        batch := '(SELECT u.key_literal::text[] AS key, u.version, u.body_hash, u.i
+                   FROM unnest($1, $2, $3) WITH ORDINALITY AS u(key_literal, version, body_hash, i)%s) w';
         -- The batch in key order drives a nested loop over the primary key index, so rows are locked in
         -- key order, as a writer's multi-row UPDATE by key does: the two do not deadlock (and if a writer
         -- locks in another order, the worker retries the write-back).
-        staged := format('(SELECT u.key_literal::text[] AS key, u.version, u.body_hash, u.vec
-                           FROM unnest($1, $2, $3, $4) AS u(key_literal, version, body_hash, vec) ORDER BY %s) w',
-                         (SELECT string_agg(format('(u.key_literal::text[])[%s]::%s', i, t::regtype), ', ' ORDER BY i)
-                          FROM unnest(r.key_types) WITH ORDINALITY AS k(t, i)));
-        EXECUTE format('UPDATE %s t SET %I = w.vec%s FROM %s
-                        WHERE %s AND md5(t.%I::text) IS NOT DISTINCT FROM w.body_hash',
+        EXECUTE format('WITH written AS (
+                            UPDATE %s t SET %I = $4[w.i]%s FROM %s
+                            WHERE %s AND md5(t.%I::text) IS NOT DISTINCT FROM w.body_hash
+                            RETURNING w.i)
+                        SELECT array_agg(written.i) FROM written',
                        r.source, col, CASE WHEN vtype = 'halfvec' THEN '::' || qwen._vector_schema() || '.halfvec' ELSE '' END,
-                       staged, key_match, r.text_column)
+                       format(batch, format(' ORDER BY %s',
+                              (SELECT string_agg(format('(u.key_literal::text[])[%s]::%s', i, t::regtype), ', ' ORDER BY i)
+                               FROM unnest(r.key_types) WITH ORDINALITY AS k(t, i)))),
+                       key_match, r.text_column)
+        INTO written_at
         USING p_keys, p_versions, p_hashes, p_vectors;
-        GET DIAGNOSTICS n_written = ROW_COUNT;
-        -- entries are found from the batch, one primary-key probe each, and deleted by ctid: the queue's
+        n_written := coalesce(cardinality(written_at), 0);
+        -- Entries are found from the batch, one primary-key probe each, and deleted by ctid: the queue's
         -- statistics are often stale (it fills and drains fast) and must not pick the plan. An entry
-        -- updated meanwhile (a new version) has another ctid and is left alone.
+        -- updated meanwhile (a new version) has another ctid and is left alone. The rows just written hold
+        -- the embedded text (they are locked); only the others (usually none) are looked up again.
         EXECUTE format('DELETE FROM qwen.queue q WHERE q.ctid = ANY (ARRAY(
                             SELECT (SELECT q2.ctid FROM qwen.queue q2
-                                    WHERE q2.registration_id = $5 AND q2.target = $6 AND q2.key = w.key
+                                    WHERE q2.registration_id = $4 AND q2.target = $5 AND q2.key = w.key
                                       AND q2.version = w.version)
                             FROM %s
-                            WHERE NOT EXISTS (SELECT 1 FROM %s t WHERE %s AND md5(t.%I::text) IS DISTINCT FROM w.body_hash)))',
-                       staged, r.source, key_match, r.text_column)
-        USING p_keys, p_versions, p_hashes, p_vectors, p_registration, tgt;
+                            WHERE w.i = ANY ($6)
+                               OR NOT EXISTS (SELECT 1 FROM %s t WHERE %s AND md5(t.%I::text) IS DISTINCT FROM w.body_hash)))',
+                       format(batch, ''), r.source, key_match, r.text_column)
+        USING p_keys, p_versions, p_hashes, p_registration, tgt, coalesce(written_at, '{}');
         GET DIAGNOSTICS n_done = ROW_COUNT;
     END IF;
     -- release what is left (rows changed since the claim); usually nothing, and then no query at all:
@@ -232,6 +248,23 @@ BEGIN
      WHERE w.id = p_worker;
     RETURN QUERY SELECT n_written, n_done;
 END
+$$;
+
+-- The same write-back with the vectors as one bytea: a row-major matrix of little-endian float32, one row
+-- of p_dimensions values per key from the first, decoded in C by qwen._vectors_from_float32 (a copy and a
+-- NaN/infinity check per value, where a vector[] parameter costs a binary receive call per value).
+-- Keys past the matrix's last row get no vector (it is cleared). Not in the SQL-only install (no C
+-- module): its workers send vector[].
+CREATE OR REPLACE FUNCTION qwen.write_back(p_registration int, p_target smallint, p_worker bigint,
+                                p_model text, p_dimensions int, p_keys text[], p_versions bigint[],
+                                p_hashes text[], p_float32 bytea)
+RETURNS TABLE (written bigint, done bigint)
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT w.written, w.done
+    FROM qwen.write_back(p_registration, p_target, p_worker, p_model, p_dimensions, p_keys, p_versions, p_hashes,
+                         qwen._vectors_from_float32(p_float32, p_dimensions)) AS w
 $$;
 
 -- Record failed embeddings: back off exponentially, park after p_max_attempts with the error.
