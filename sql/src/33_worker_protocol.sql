@@ -119,6 +119,7 @@ DECLARE
     r qwen.registrations;
     want_model text;
     want_dims int;
+    alive bigint[];
 BEGIN
     SELECT * INTO r FROM qwen.registrations x WHERE x.id = p_registration;
     IF NOT FOUND THEN
@@ -131,12 +132,15 @@ BEGIN
     ELSE
         RETURN;
     END IF;
+    -- the live workers, read once: the scan passes over every entry leased and not yet written back
+    -- (a batch or more per worker), and asking qwen._worker_alive for each cost more than the claim itself
+    alive := ARRAY(SELECT w.id FROM qwen.workers w WHERE qwen._worker_is_alive(w.heartbeat_at, w.heartbeat_interval));
     RETURN QUERY EXECUTE format($q$
         WITH picked AS (
             SELECT q.ctid AS row_id FROM qwen.queue q
             WHERE q.registration_id = $1 AND q.target = $2 AND q.failed_at IS NULL
               AND q.not_before <= clock_timestamp()
-              AND (q.leased_by IS NULL OR q.lease_until < clock_timestamp() OR NOT qwen._worker_alive(q.leased_by))
+              AND (q.leased_by IS NULL OR q.lease_until < clock_timestamp() OR NOT q.leased_by = ANY ($8))
             ORDER BY q.enqueued_at
             LIMIT $4
             FOR UPDATE SKIP LOCKED
@@ -150,7 +154,7 @@ BEGIN
         SELECT l.key, l.version, t.%1$I::text, md5(t.%1$I::text), $6, $7
         FROM leased l LEFT JOIN %2$s t ON %3$s$q$,
         r.text_column, r.source, qwen._key_match(r.key_columns, r.key_types, 't', 'l.key'))
-    USING p_registration, p_target, p_worker, p_limit, p_lease, want_model, want_dims;
+    USING p_registration, p_target, p_worker, p_limit, p_lease, want_model, want_dims, alive;
 END
 $$;
 
