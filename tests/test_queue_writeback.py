@@ -201,3 +201,20 @@ def test_the_sql_only_install_gets_its_vectors_as_a_vector_array(bare_db):
     result = land(worker_conn, worker, take(worker_conn, worker))
     assert (result.written, result.done) == (4, 4)
     assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NOT NULL").fetchone() == (4,)
+
+
+def test_a_write_back_wakes_no_worker_and_a_text_change_does(setup, db):
+    """The sync trigger the vector UPDATE fires queues nothing, so it notifies nobody (a notification would wake
+    every listening claimer for nothing). Notifications reach a listener before the reply to its next query."""
+    conn, worker_conn, worker = setup
+    heard = []
+    with psycopg.connect(db, autocommit=True) as listener:
+        listener.add_notify_handler(heard.append)
+        listener.execute("LISTEN qwen_queue")
+        batch = take(worker_conn, worker)
+        assert land(worker_conn, worker, batch).done == 4
+        listener.execute("SELECT 1")
+        assert heard == []
+        conn.execute("UPDATE docs SET body = 'new text' WHERE id = 1")  # the control: this one does
+        listener.execute("SELECT 1")
+        assert [n.channel for n in heard] == ["qwen_queue"]

@@ -177,6 +177,7 @@ AS $$
 DECLARE
     r qwen.registrations := qwen._sync_registration(TG_ARGV[0], TG_RELID);
     changed text;
+    queued bigint;
 BEGIN
     IF r.id IS NULL THEN
         RETURN NULL;
@@ -193,7 +194,12 @@ BEGIN
                           qwen._key_equal(r.key_columns, 'o', 'n'), r.text_column, r.text_column);
     END IF;
     EXECUTE qwen._enqueue_sql(r, qwen._targets(r.next_column), 'qwen_new_rows n', 'n', changed, false);
-    PERFORM pg_notify('qwen_queue', r.id::text);
+    -- wake the workers only when there is something new: a write-back's vector UPDATE queues nothing, and a
+    -- notification would cost its commit the notify queue's lock and wake every listening claimer for nothing
+    GET DIAGNOSTICS queued = ROW_COUNT;
+    IF queued > 0 THEN
+        PERFORM pg_notify('qwen_queue', r.id::text);
+    END IF;
     RETURN NULL;
 END
 $$;
