@@ -187,9 +187,12 @@ DECLARE
     tgt smallint;
     n_written bigint := 0;
     n_done bigint := 0;
+    n_gone bigint;
     key_match text;
     batch text;
-    written_at bigint[];
+    delete_sql text;
+    written_keys text[];
+    written_versions bigint[];
 BEGIN
     IF cardinality(p_vectors) > cardinality(p_keys) THEN
         RAISE EXCEPTION 'the write-back has % vectors for % keys', cardinality(p_vectors), cardinality(p_keys)
@@ -208,7 +211,7 @@ BEGIN
         key_match := qwen._key_match(r.key_columns, r.key_types, 't', 'w.key');
         -- the batch without its vectors (each row's vector is fetched by position, p_vectors[w.i]: the
         -- sort below then moves a few bytes per row, not kilobytes)
-        batch := '(SELECT u.key_literal::text[] AS key, u.version, u.body_hash, u.i
+        batch := '(SELECT u.key_literal, u.key_literal::text[] AS key, u.version, u.body_hash, u.i
                    FROM unnest($1, $2, $3) WITH ORDINALITY AS u(key_literal, version, body_hash, i)%s) w';
         -- The batch in key order drives a nested loop over the primary key index, so rows are locked in
         -- key order, as a writer's multi-row UPDATE by key does: the two do not deadlock (and if a writer
@@ -216,30 +219,37 @@ BEGIN
         EXECUTE format('WITH written AS (
                             UPDATE %s t SET %I = $4[w.i]%s FROM %s
                             WHERE %s AND md5(t.%I::text) IS NOT DISTINCT FROM w.body_hash
-                            RETURNING w.i)
-                        SELECT array_agg(written.i) FROM written',
+                            RETURNING w.key_literal, w.version)
+                        SELECT array_agg(written.key_literal), array_agg(written.version) FROM written',
                        r.source, col, CASE WHEN vtype = 'halfvec' THEN '::' || qwen._vector_schema() || '.halfvec' ELSE '' END,
                        format(batch, format(' ORDER BY %s',
                               (SELECT string_agg(format('(u.key_literal::text[])[%s]::%s', i, t::regtype), ', ' ORDER BY i)
                                FROM unnest(r.key_types) WITH ORDINALITY AS k(t, i)))),
                        key_match, r.text_column)
-        INTO written_at
+        INTO written_keys, written_versions
         USING p_keys, p_versions, p_hashes, p_vectors;
-        n_written := coalesce(cardinality(written_at), 0);
+        n_written := coalesce(cardinality(written_keys), 0);
         -- Entries are found from the batch, one primary-key probe each, and deleted by ctid: the queue's
         -- statistics are often stale (it fills and drains fast) and must not pick the plan. An entry
-        -- updated meanwhile (a new version) has another ctid and is left alone. The rows just written hold
-        -- the embedded text (they are locked); only the others (usually none) are looked up again.
-        EXECUTE format('DELETE FROM qwen.queue q WHERE q.ctid = ANY (ARRAY(
-                            SELECT (SELECT q2.ctid FROM qwen.queue q2
-                                    WHERE q2.registration_id = $4 AND q2.target = $5 AND q2.key = w.key
-                                      AND q2.version = w.version)
-                            FROM %s
-                            WHERE w.i = ANY ($6)
-                               OR NOT EXISTS (SELECT 1 FROM %s t WHERE %s AND md5(t.%I::text) IS DISTINCT FROM w.body_hash)))',
-                       format(batch, ''), r.source, key_match, r.text_column)
-        USING p_keys, p_versions, p_hashes, p_registration, tgt, coalesce(written_at, '{}');
+        -- updated meanwhile (a new version) has another ctid and is left alone. First the entries of the
+        -- rows just written (they hold the embedded text: they are locked), then, only if some rows were
+        -- not written (usually none), those of rows gone since the claim: the batch's rows are read again.
+        delete_sql := format('DELETE FROM qwen.queue q WHERE q.ctid = ANY (ARRAY(
+                                  SELECT (SELECT q2.ctid FROM qwen.queue q2
+                                          WHERE q2.registration_id = $4 AND q2.target = $5 AND q2.key = w.key
+                                            AND q2.version = w.version)
+                                  FROM %s
+                                  WHERE %%s))', format(batch, ''));
+        EXECUTE format(delete_sql, 'true')
+        USING written_keys, written_versions, NULL::text[], p_registration, tgt;
         GET DIAGNOSTICS n_done = ROW_COUNT;
+        IF n_written < cardinality(p_keys) THEN
+            EXECUTE format(delete_sql, format('NOT EXISTS (SELECT 1 FROM %s t WHERE %s AND md5(t.%I::text) IS DISTINCT FROM w.body_hash)',
+                                              r.source, key_match, r.text_column))
+            USING p_keys, p_versions, p_hashes, p_registration, tgt;
+            GET DIAGNOSTICS n_gone = ROW_COUNT;
+            n_done := n_done + n_gone;
+        END IF;
     END IF;
     -- release what is left (rows changed since the claim); usually nothing, and then no query at all:
     -- the leased_by index keeps entries of deleted rows until vacuum, so scanning it grows with the backlog
