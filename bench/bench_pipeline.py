@@ -10,7 +10,7 @@ Two measurements, each against a reference:
 Usage:
     .venv/bin/python bench/bench_pipeline.py [--dsn DSN] [--rows 2000] [--db-rows 20000] [--dims 1024]
         [--batch-size 64] [--db-batch-sizes 64 256] [--threads 1] [--tokens 64] [--repeat 1]
-        [--compare-before] [--compare-vector-array] [--compare-fillfactor N]
+        [--compare-before] [--compare-vector-array] [--compare-worker-role] [--compare-fillfactor N] [--steps]
 
 Without --dsn a private embedded PostgreSQL is started in a temporary directory. Prints a Markdown report;
 QWEN_BENCH_VERBOSE=1 also prints how each pipeline run splits between the INSERT and the worker.
@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import psycopg  # noqa: E402
 from pgvector.psycopg import register_vector  # noqa: E402
+from psycopg.conninfo import make_conninfo  # noqa: E402
 
 from embedder_worker.model.backend import EmbedResult, ModelInfo  # noqa: E402
 from embedder_worker.queue import Consumer, ConsumerOptions, writeback  # noqa: E402
@@ -58,8 +59,6 @@ class StubEmbedder:
 
 
 def fresh_database(admin_dsn: str, name: str) -> str:
-    from psycopg.conninfo import make_conninfo
-
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {name}")
@@ -91,11 +90,27 @@ BEFORE = ("ALTER TABLE qwen.queue SET (fillfactor = 70)", "ALTER FUNCTION qwen._
 AFTER = ("ALTER TABLE qwen.queue SET (fillfactor = 45)", "ALTER FUNCTION qwen._sync() SET enable_hashjoin = on")
 
 
+# A non-superuser worker as docs/PRIVILEGES.md sets one up: the table belongs to OWNER, the worker role is a member
+# of it with the queue rights (so the queue's row-level security policies are evaluated for it).
+OWNER, WORKER = "qwen_bench_owner", "qwen_bench_worker"
+
+
+def _worker_roles(conn: psycopg.Connection) -> None:
+    for role in (OWNER, WORKER):
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+            conn.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER")
+    conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON qwen.queue, qwen.workers TO {WORKER}")
+    conn.execute(f"GRANT USAGE ON SEQUENCE qwen.workers_id_seq TO {WORKER}")
+    conn.execute(f"GRANT {OWNER} TO {WORKER}")
+
+
 def pipeline_rate(dsn: str, backend, texts: list[str], dims: int, batch_size: int, before: bool = False,
-                  writers: int = 1, vector_array: bool = False, fillfactor: int | None = None) -> tuple[float, float]:
+                  writers: int = 1, vector_array: bool = False, fillfactor: int | None = None,
+                  worker_role: bool = False) -> tuple[float, float]:
     """rows/s from the start of the INSERT until the worker (run with --exit-when-idle) has exited, and until
     its last write-back returned (`before`: with the layout of BEFORE, restored to AFTER at the end;
-    `vector_array`: the write-back gets its vectors as a vector[]; `fillfactor`: of the registered table)."""
+    `vector_array`: the write-back gets its vectors as a vector[]; `fillfactor`: of the registered table;
+    `worker_role`: the table belongs to a non-superuser and the worker runs as a member of it)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("TRUNCATE qwen.queue")  # empty already: each run starts from fresh pages
         for statement in BEFORE if before else ():
@@ -103,6 +118,11 @@ def pipeline_rate(dsn: str, backend, texts: list[str], dims: int, batch_size: in
         conn.execute("DROP TABLE IF EXISTS docs")
         conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)"
                      + (f" WITH (fillfactor = {int(fillfactor)})" if fillfactor else ""))
+        worker_dsn = dsn
+        if worker_role:
+            _worker_roles(conn)
+            conn.execute(f"ALTER TABLE docs OWNER TO {OWNER}")
+            worker_dsn = make_conninfo(dsn, user=WORKER)
         conn.execute("SELECT qwen_register('docs', 'body', model => %s, dimensions => %s, index_mode => 'none')",
                      (backend.info.name, dims))
         start = time.perf_counter()
@@ -110,7 +130,7 @@ def pipeline_rate(dsn: str, backend, texts: list[str], dims: int, batch_size: in
             for i, text in enumerate(texts):
                 copy.write_row((i, text))
         inserted = time.perf_counter()
-        consumer = TimedConsumer(dsn, backend, options=options(batch_size, writers))
+        consumer = TimedConsumer(worker_dsn, backend, options=options(batch_size, writers))
         with _vectors_as_array(vector_array):
             consumer.run()
         elapsed = time.perf_counter() - start
@@ -251,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run each database-path batch size as before issue #16 (see BEFORE)")
     parser.add_argument("--compare-vector-array", action="store_true",
                         help="also run each batch size with the vectors sent as vector[] instead of packed float32")
+    parser.add_argument("--compare-worker-role", action="store_true",
+                        help="also run each batch size with a non-superuser worker role (docs/PRIVILEGES.md)")
     parser.add_argument("--compare-fillfactor", type=int, default=None, metavar="N",
                         help="also run each batch size with the registered table at this fillfactor (HOT writes)")
     parser.add_argument("--repeat", type=int, default=1,
@@ -308,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(("same, before issue #16 (queue fillfactor 70, sync join unpinned)", {"before": True}))
             if args.compare_vector_array:
                 runs.append(("same, vectors sent as vector[] (the SQL-only install's way)", {"vector_array": True}))
+            if args.compare_worker_role:
+                runs.append(("same, the worker a non-superuser member of the table's owner (row-level security)",
+                             {"worker_role": True}))
             if args.compare_fillfactor:
                 runs.append((f"same, registered table at fillfactor {args.compare_fillfactor}",
                              {"fillfactor": args.compare_fillfactor}))
