@@ -218,3 +218,32 @@ def test_a_write_back_wakes_no_worker_and_a_text_change_does(setup, db):
         conn.execute("UPDATE docs SET body = 'new text' WHERE id = 1")  # the control: this one does
         listener.execute("SELECT 1")
         assert [n.channel for n in heard] == ["qwen_queue"]
+
+
+def test_a_non_superuser_workers_write_back_reads_its_own_entries_not_the_backlog(db, make_role):
+    """The documented deployment: a worker role that is a member of the table's owner, so the queue's row-level
+    security policies apply to it. Under them the primary key cannot look an entry up by its text[] key (text[]
+    equality is not leakproof); the write-back finds its entries by version instead, whatever the backlog.
+    Counted in queue entries read by the write-back's transaction, not timed."""
+    from tests.fixtures.db import dsn_as
+
+    owner, worker_role = make_role("qwen_wb_owner"), make_role("qwen_wb_worker")
+    admin = connect(db)
+    admin.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON qwen.queue, qwen.workers TO {worker_role}")
+    admin.execute(f"GRANT USAGE ON SEQUENCE qwen.workers_id_seq TO {worker_role}")
+    admin.execute(f"GRANT {owner} TO {worker_role}")
+    admin.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    admin.execute(f"ALTER TABLE docs OWNER TO {owner}")
+    admin.execute("INSERT INTO docs SELECT g, 'text ' || g FROM generate_series(1, 2000) g")
+    admin.execute("SELECT qwen_register('docs', 'body', model => 'm', dimensions => %s)", (DIMS,))
+    worker_conn = connect(dsn_as(db, worker_role))
+    worker = worker_conn.execute("SELECT qwen.worker_start('m', 'test', 'h', 1, '1 min')").fetchone()[0]
+    batch = claim(worker_conn, Target(1, 0, DIMS), worker, 4, timedelta(minutes=1))
+    with worker_conn.transaction():
+        result = write_back(worker_conn, EmbeddedBatch(claim=batch, vectors=[vec(i) for i in range(4)]),
+                            worker, RetryPolicy())
+        read = worker_conn.execute("SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) "
+                                   "FROM pg_stat_xact_user_tables WHERE relid = 'qwen.queue'::regclass").fetchone()[0]
+    assert (result.written, result.done) == (4, 4)
+    assert admin.execute("SELECT count(*) FROM qwen.queue").fetchone() == (1996,)
+    assert read <= 4 * 4  # a few reads per entry of the batch (it was every entry of the backlog per key)

@@ -229,15 +229,18 @@ BEGIN
         INTO written_keys, written_versions
         USING p_keys, p_versions, p_hashes, p_vectors;
         n_written := coalesce(cardinality(written_keys), 0);
-        -- Entries are found from the batch, one primary-key probe each, and deleted by ctid: the queue's
-        -- statistics are often stale (it fills and drains fast) and must not pick the plan. An entry
+        -- Entries are found from the batch, one probe of the version index each (the rest of the entry is
+        -- checked, not looked up: under row-level security the primary key's text[] key is no index
+        -- condition, 30_queue.ddl.sql, and a probe by (registration, target) alone reads the whole
+        -- registration's queue), and deleted by ctid: the queue's statistics are often stale (it fills
+        -- and drains fast) and must not pick the plan. An entry
         -- updated meanwhile (a new version) has another ctid and is left alone. First the entries of the
         -- rows just written (they hold the embedded text: they are locked), then, only if some rows were
         -- not written (usually none), those of rows gone since the claim: the batch's rows are read again.
         delete_sql := format('DELETE FROM qwen.queue q WHERE q.ctid = ANY (ARRAY(
                                   SELECT (SELECT q2.ctid FROM qwen.queue q2
-                                          WHERE q2.registration_id = $4 AND q2.target = $5 AND q2.key = w.key
-                                            AND q2.version = w.version)
+                                          WHERE q2.version = w.version
+                                            AND (q2.registration_id, q2.target, q2.key) IS NOT DISTINCT FROM ($4, $5, w.key))
                                   FROM %s
                                   WHERE %%s))', format(batch, ''));
         EXECUTE format(delete_sql, 'true')
