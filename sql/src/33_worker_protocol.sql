@@ -233,10 +233,10 @@ BEGIN
         -- checked, not looked up: under row-level security the primary key's text[] key is no index
         -- condition, 30_queue.ddl.sql, and a probe by (registration, target) alone reads the whole
         -- registration's queue), and deleted by ctid: the queue's statistics are often stale (it fills
-        -- and drains fast) and must not pick the plan. An entry
-        -- updated meanwhile (a new version) has another ctid and is left alone. First the entries of the
-        -- rows just written (they hold the embedded text: they are locked), then, only if some rows were
-        -- not written (usually none), those of rows gone since the claim: the batch's rows are read again.
+        -- and drains fast) and must not pick the plan. An entry updated meanwhile (a new version) is left
+        -- alone. First the entries of the rows just written (they hold the embedded text: they are
+        -- locked), then, only if some rows were not written (usually none), those of rows gone since the
+        -- claim: the batch's rows are read again.
         delete_sql := format('DELETE FROM qwen.queue q WHERE q.ctid = ANY (ARRAY(
                                   SELECT (SELECT q2.ctid FROM qwen.queue q2
                                           WHERE q2.version = w.version
