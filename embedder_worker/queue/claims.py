@@ -60,9 +60,9 @@ def pending_count(conn: psycopg.Connection, model: str) -> int:
 def claim(conn: psycopg.Connection, target: Target, worker_id: int, limit: int, lease: timedelta) -> Claim | None:
     """Lease up to `limit` entries of one target; None when there is nothing claimable."""
     with conn.transaction():
-        rows = conn.execute(
+        rows = conn.execute(  # in binary: no text parsing of the keys' arrays
             "SELECT key, version, body, body_hash, model, dimensions FROM qwen.claim(%s, %s::smallint, %s, %s, %s)",
-            (target.registration_id, target.target, worker_id, limit, lease),
+            (target.registration_id, target.target, worker_id, limit, lease), binary=True,
         ).fetchall()
         chunking = conn.execute(
             "SELECT chunk_tokens, chunk_overlap FROM qwen.registrations WHERE id = %s AND %s = 0",

@@ -82,7 +82,7 @@ class Consumer:
         self.stats = ConsumerStats()
         self._stop = threading.Event()
         self._to_model: queue.Queue[Claim | None] = queue.Queue()
-        self._results: queue.Queue[EmbeddedBatch] = queue.Queue()
+        self._results: queue.Queue[EmbeddedBatch | None] = queue.Queue()  # None: the claimer went idle
         # batches claimed and not yet written back; the claimer waits while it is at the limit
         self._pipeline = 0
         self._pipeline_changed = threading.Condition()
@@ -188,7 +188,9 @@ class Consumer:
                         return
                 batch = self._claim_next()
                 if batch is None:
-                    self._claimer_idle.set()
+                    if not self._claimer_idle.is_set():
+                        self._claimer_idle.set()
+                        self._results.put(None)  # wake the writer: everything may be done
                     self._wait_for_work(self.options.poll_interval)
                     continue
                 self._claimer_idle.clear()
@@ -249,14 +251,18 @@ class Consumer:
     # -- the writer (main) thread ----------------------------------------------------------------
 
     def _write_loop(self, maintenance: Maintenance) -> None:
+        wrote = False  # after a write-back, look at once whether everything is done
         while True:
             if self._stop.is_set():
                 self._release_prefetched()
                 if self._pipeline == 0:
                     return
             try:
-                result = self._results.get(timeout=0.1)
+                result = self._results.get(timeout=0 if wrote else 0.1)
             except queue.Empty:
+                result = None  # as the claimer's wake-up
+            wrote = result is not None
+            if result is None:
                 if self._stop.is_set() or self._pipeline > 0 or not self._claimer_idle.is_set():
                     continue
                 maintenance.wake()
@@ -274,7 +280,8 @@ class Consumer:
                     result = self._results.get(timeout=0.1)
                 except queue.Empty:
                     continue
-                self._write(result, db)
+                if result is not None:  # None: the claimer's wake-up for the main writer
+                    self._write(result, db)
         except Stopped:
             return
 

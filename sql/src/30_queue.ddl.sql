@@ -32,6 +32,10 @@ CREATE TABLE qwen.queue (
 COMMENT ON TABLE qwen.queue IS 'rows waiting to be (re-)embedded; parked entries have failed_at and last_error';
 CREATE INDEX queue_claim_order ON qwen.queue (registration_id, target, enqueued_at) WHERE failed_at IS NULL;
 -- (no index on leased_by: it would make every lease a non-HOT update; the few lookups by worker are rare)
+-- A write-back finds its entries by version (unique: every enqueue takes a new one). Its probe by key cannot
+-- use the primary key for a worker role that is not the queue's owner: text[] equality is not leakproof, so
+-- row-level security makes the planner test it only after the policy, on every entry of the registration.
+CREATE INDEX queue_version ON qwen.queue (version);
 SELECT pg_catalog.pg_extension_config_dump('qwen.queue', '');
 
 -- Keys are row data: a role sees the entries of tables it may SELECT; a worker's role changes only the

@@ -177,6 +177,7 @@ AS $$
 DECLARE
     r qwen.registrations := qwen._sync_registration(TG_ARGV[0], TG_RELID);
     changed text;
+    queued bigint;
 BEGIN
     IF r.id IS NULL THEN
         RETURN NULL;
@@ -193,7 +194,13 @@ BEGIN
                           qwen._key_equal(r.key_columns, 'o', 'n'), r.text_column, r.text_column);
     END IF;
     EXECUTE qwen._enqueue_sql(r, qwen._targets(r.next_column), 'qwen_new_rows n', 'n', changed, false);
-    PERFORM qwen._notify_queue(r.id);  -- not in a Citus two-phase commit (28_citus.sql)
+    -- wake the workers only when there is something new: a write-back's vector UPDATE queues nothing, and a
+    -- notification would cost its commit the notify queue's lock and wake every listening claimer for nothing;
+    -- never inside a Citus two-phase commit (qwen._notify_queue, 28_citus.sql)
+    GET DIAGNOSTICS queued = ROW_COUNT;
+    IF queued > 0 THEN
+        PERFORM qwen._notify_queue(r.id);
+    END IF;
     RETURN NULL;
 END
 $$;

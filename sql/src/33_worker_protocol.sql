@@ -120,6 +120,7 @@ DECLARE
     r qwen.registrations;
     want_model text;
     want_dims int;
+    alive bigint[];
 BEGIN
     SELECT * INTO r FROM qwen.registrations x WHERE x.id = p_registration;
     IF NOT FOUND THEN
@@ -132,12 +133,15 @@ BEGIN
     ELSE
         RETURN;
     END IF;
+    -- the live workers, read once: the scan passes over every entry leased and not yet written back
+    -- (a batch or more per worker), and asking qwen._worker_alive for each cost more than the claim itself
+    alive := ARRAY(SELECT w.id FROM qwen.workers w WHERE qwen._worker_is_alive(w.heartbeat_at, w.heartbeat_interval));
     RETURN QUERY EXECUTE format($q$
         WITH picked AS (
             SELECT q.ctid AS row_id FROM qwen.queue q
             WHERE q.registration_id = $1 AND q.target = $2 AND q.failed_at IS NULL
               AND q.not_before <= clock_timestamp()
-              AND (q.leased_by IS NULL OR q.lease_until < clock_timestamp() OR NOT qwen._worker_alive(q.leased_by))
+              AND (q.leased_by IS NULL OR q.lease_until < clock_timestamp() OR NOT q.leased_by = ANY ($8))
             ORDER BY q.enqueued_at
             LIMIT $4
             FOR UPDATE SKIP LOCKED
@@ -151,16 +155,17 @@ BEGIN
         SELECT l.key, l.version, t.%1$I::text, md5(t.%1$I::text), $6, $7
         FROM leased l LEFT JOIN %2$s t ON %3$s$q$,
         r.text_column, r.source, qwen._key_match(r.key_columns, r.key_types, 't', 'l.key'))
-    USING p_registration, p_target, p_worker, p_limit, p_lease, want_model, want_dims;
+    USING p_registration, p_target, p_worker, p_limit, p_lease, want_model, want_dims, alive;
 END
 $$;
 
 -- The write-back of one claimed batch, passed as parallel arrays (keys as text[] literals, the claim's
--- versions and text hashes, the vectors; a NULL vector clears the row's vector). In one transaction:
+-- versions and text hashes, the vectors; a NULL vector clears the row's vector, and so does a missing one:
+-- p_vectors may be shorter than p_keys). In one transaction:
 --   1. vectors go to the rows whose text still hashes to what was embedded (rows locked first, in key
 --      order, as a writer's UPDATE and then its trigger do, so the two cannot deadlock);
 --   2. queue entries go away only where nothing newer replaced them (same version) and the row's text
---      is the one embedded (or the row is gone);
+--      is the one embedded (the rows just written) or the row is gone;
 --   3. this worker's leases on the rest are released, so they are claimable at once.
 -- p_model/p_dimensions say what produced the vectors; work of an outdated configuration (a swap by
 -- qwen_alter happened meanwhile) is dropped, not written.
@@ -183,9 +188,18 @@ DECLARE
     tgt smallint;
     n_written bigint := 0;
     n_done bigint := 0;
+    n_gone bigint;
     key_match text;
-    staged text;
+    batch text;
+    delete_sql text;
+    written_keys text[];
+    written_versions bigint[];
 BEGIN
+    IF cardinality(p_vectors) > cardinality(p_keys) THEN
+        RAISE EXCEPTION 'the write-back has % vectors for % keys', cardinality(p_vectors), cardinality(p_keys)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Send at most one vector per key, in the order of the keys (keys without one go last).';
+    END IF;
     SELECT * INTO r FROM qwen.registrations x WHERE x.id = p_registration;
     IF FOUND THEN
         IF p_target = 1 AND r.next_column IS NOT NULL AND r.next_model = p_model AND r.next_dimensions = p_dimensions THEN
@@ -196,31 +210,50 @@ BEGIN
     END IF;
     IF col IS NOT NULL THEN
         key_match := qwen._key_match(r.key_columns, r.key_types, 't', 'w.key');
+        -- the batch without its vectors (each row's vector is fetched by position, p_vectors[w.i]: the
+        -- sort below then moves a few bytes per row, not kilobytes)
+        batch := '(SELECT u.key_literal, u.key_literal::text[] AS key, u.version, u.body_hash, u.i
+                   FROM unnest($1, $2, $3) WITH ORDINALITY AS u(key_literal, version, body_hash, i)%s) w';
         -- The batch in key order drives a nested loop over the primary key index, so rows are locked in
         -- key order, as a writer's multi-row UPDATE by key does: the two do not deadlock (and if a writer
         -- locks in another order, the worker retries the write-back).
-        staged := format('(SELECT u.key_literal::text[] AS key, u.version, u.body_hash, u.vec
-                           FROM unnest($1, $2, $3, $4) AS u(key_literal, version, body_hash, vec) ORDER BY %s) w',
-                         (SELECT string_agg(format('(u.key_literal::text[])[%s]::%s', i, t::regtype), ', ' ORDER BY i)
-                          FROM unnest(r.key_types) WITH ORDINALITY AS k(t, i)));
-        EXECUTE format('UPDATE %s t SET %I = w.vec%s FROM %s
-                        WHERE %s AND md5(t.%I::text) IS NOT DISTINCT FROM w.body_hash',
+        EXECUTE format('WITH written AS (
+                            UPDATE %s t SET %I = $4[w.i]%s FROM %s
+                            WHERE %s AND md5(t.%I::text) IS NOT DISTINCT FROM w.body_hash
+                            RETURNING w.key_literal, w.version)
+                        SELECT array_agg(written.key_literal), array_agg(written.version) FROM written',
                        r.source, col, CASE WHEN vtype = 'halfvec' THEN '::' || qwen._vector_schema() || '.halfvec' ELSE '' END,
-                       staged, key_match, r.text_column)
+                       format(batch, format(' ORDER BY %s',
+                              (SELECT string_agg(format('(u.key_literal::text[])[%s]::%s', i, t::regtype), ', ' ORDER BY i)
+                               FROM unnest(r.key_types) WITH ORDINALITY AS k(t, i)))),
+                       key_match, r.text_column)
+        INTO written_keys, written_versions
         USING p_keys, p_versions, p_hashes, p_vectors;
-        GET DIAGNOSTICS n_written = ROW_COUNT;
-        -- entries are found from the batch, one primary-key probe each, and deleted by ctid: the queue's
-        -- statistics are often stale (it fills and drains fast) and must not pick the plan. An entry
-        -- updated meanwhile (a new version) has another ctid and is left alone.
-        EXECUTE format('DELETE FROM qwen.queue q WHERE q.ctid = ANY (ARRAY(
-                            SELECT (SELECT q2.ctid FROM qwen.queue q2
-                                    WHERE q2.registration_id = $5 AND q2.target = $6 AND q2.key = w.key
-                                      AND q2.version = w.version)
-                            FROM %s
-                            WHERE NOT EXISTS (SELECT 1 FROM %s t WHERE %s AND md5(t.%I::text) IS DISTINCT FROM w.body_hash)))',
-                       staged, r.source, key_match, r.text_column)
-        USING p_keys, p_versions, p_hashes, p_vectors, p_registration, tgt;
+        n_written := coalesce(cardinality(written_keys), 0);
+        -- Entries are found from the batch, one probe of the version index each (the rest of the entry is
+        -- checked, not looked up: under row-level security the primary key's text[] key is no index
+        -- condition, 30_queue.ddl.sql, and a probe by (registration, target) alone reads the whole
+        -- registration's queue), and deleted by ctid: the queue's statistics are often stale (it fills
+        -- and drains fast) and must not pick the plan. An entry updated meanwhile (a new version) is left
+        -- alone. First the entries of the rows just written (they hold the embedded text: they are
+        -- locked), then, only if some rows were not written (usually none), those of rows gone since the
+        -- claim: the batch's rows are read again.
+        delete_sql := format('DELETE FROM qwen.queue q WHERE q.ctid = ANY (ARRAY(
+                                  SELECT (SELECT q2.ctid FROM qwen.queue q2
+                                          WHERE q2.version = w.version
+                                            AND (q2.registration_id, q2.target, q2.key) IS NOT DISTINCT FROM ($4, $5, w.key))
+                                  FROM %s
+                                  WHERE %%s))', format(batch, ''));
+        EXECUTE format(delete_sql, 'true')
+        USING written_keys, written_versions, NULL::text[], p_registration, tgt;
         GET DIAGNOSTICS n_done = ROW_COUNT;
+        IF n_written < cardinality(p_keys) THEN
+            EXECUTE format(delete_sql, format('NOT EXISTS (SELECT 1 FROM %s t WHERE %s AND md5(t.%I::text) IS DISTINCT FROM w.body_hash)',
+                                              r.source, key_match, r.text_column))
+            USING p_keys, p_versions, p_hashes, p_registration, tgt;
+            GET DIAGNOSTICS n_gone = ROW_COUNT;
+            n_done := n_done + n_gone;
+        END IF;
     END IF;
     -- release what is left (rows changed since the claim); usually nothing, and then no query at all:
     -- the leased_by index keeps entries of deleted rows until vacuum, so scanning it grows with the backlog
@@ -233,6 +266,23 @@ BEGIN
      WHERE w.id = p_worker;
     RETURN QUERY SELECT n_written, n_done;
 END
+$$;
+
+-- The same write-back with the vectors as one bytea: a row-major matrix of little-endian float32, one row
+-- of p_dimensions values per key from the first, decoded in C by qwen._vectors_from_float32 (a copy and a
+-- NaN/infinity check per value, where a vector[] parameter costs a binary receive call per value).
+-- Keys past the matrix's last row get no vector (it is cleared). Not in the SQL-only install (no C
+-- module): its workers send vector[].
+CREATE OR REPLACE FUNCTION qwen.write_back(p_registration int, p_target smallint, p_worker bigint,
+                                p_model text, p_dimensions int, p_keys text[], p_versions bigint[],
+                                p_hashes text[], p_float32 bytea)
+RETURNS TABLE (written bigint, done bigint)
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT w.written, w.done
+    FROM qwen.write_back(p_registration, p_target, p_worker, p_model, p_dimensions, p_keys, p_versions, p_hashes,
+                         qwen._vectors_from_float32(p_float32, p_dimensions)) AS w
 $$;
 
 -- Record failed embeddings: back off exponentially, park after p_max_attempts with the error.

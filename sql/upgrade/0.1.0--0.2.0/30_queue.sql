@@ -29,6 +29,8 @@ CREATE SEQUENCE qwen.queue_version_seq AS bigint;
 SELECT pg_catalog.pg_extension_config_dump('qwen.queue_version_seq', '');
 SELECT pg_catalog.setval('qwen.queue_version_seq', coalesce(max(q.version), 0) + 1, false) FROM qwen.queue q;
 ALTER TABLE qwen.queue ALTER COLUMN version SET DEFAULT pg_catalog.nextval('qwen.queue_version_seq');
+-- write-backs find their entries by version (see 30_queue.ddl.sql)
+CREATE INDEX queue_version ON qwen.queue (version);
 
 ALTER TABLE qwen.queue ENABLE ROW LEVEL SECURITY;
 CREATE POLICY queue_read ON qwen.queue FOR SELECT
