@@ -36,7 +36,8 @@ SDIST="$(ls "$SMOKE"/dist/qwen_pg-*.tar.gz)"
 tar -tzf "$SDIST" >"$SMOKE/sdist.txt"
 "$BUILD_PY" -m zipfile -l "$WHEEL" >"$SMOKE/wheel.txt"
 for member in extension/Makefile extension/qwen.control extension/src/qwen.c sql/src/00_schema.ddl.sql sql/upgrade/0.1.0--0.2.0/30_queue.sql \
-              sql/released/qwen--0.1.0.sql migrations/versions/qwen_0_1_0.py; do
+              sql/released/qwen--0.1.0.sql sql/released/qwen--0.2.0.sql sql/released/qwen--0.1.0--0.2.0.sql \
+              migrations/versions/qwen_0_1_0.py; do
   grep -q "/$member\$" "$SMOKE/sdist.txt" || fail "the sdist lacks $member"
   grep -q "qwen_pg/_data/$member " "$SMOKE/wheel.txt" || fail "the wheel lacks $member"
 done
