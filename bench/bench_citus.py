@@ -19,13 +19,10 @@ embedded PostgreSQL has no Citus. Not part of the test suite.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import multiprocessing
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -74,23 +71,14 @@ def main() -> int:
     parser.add_argument("--shards", type=int, default=8)
     args = parser.parse_args()
 
-    from tests.fixtures.citus import CitusCluster, _start_citus_node, citus_missing
+    from tests.fixtures.citus import citus_missing, running_cluster
 
     reason = citus_missing()
     if reason is not None:
         print(f"skipped: {reason}")
         return 0
-    base = Path(tempfile.mkdtemp(prefix="qwen-bench-citus-"))
-    started = []
-    try:
-        coordinator, prefix = _start_citus_node(base / "coordinator", None)
-        started.append(coordinator)
-        workers = []
-        for i in (1, 2):
-            node, _ = _start_citus_node(base / f"worker{i}", prefix)
-            started.append(node)
-            workers.append(node)
-        cdb = CitusCluster(base, coordinator, workers).database()
+    with running_cluster("qwen-bench-citus-") as cluster:
+        cdb = cluster.database()
         register = "SELECT qwen_register(%s, 'body', model => 'bench/stub', dimensions => %s, index_mode => 'none')"
         results = []
         for plain_workers in (1, 2):
@@ -115,11 +103,6 @@ def main() -> int:
             embedded = conn.execute("SELECT embedded, queued FROM qwen_status WHERE source = 'docs'::regclass"
                                     ).fetchone()
         assert embedded == (args.rows, 0), embedded
-    finally:
-        for node in reversed(started):
-            with contextlib.suppress(Exception):
-                node.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
     print(f"# Citus backfill — {args.rows:,} rows, {args.dims} dims, batch {args.batch_size}, stub model\n")
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (all servers and workers share them)\n")
